@@ -1,0 +1,1 @@
+//! Test harness for nodelet's privileged end-to-end tests and benchmarks.

@@ -1,0 +1,359 @@
+//! Daemon configuration: embedded defaults, an optional TOML file, and flags.
+//!
+//! Every key is documented with its default in `docs/configuration.md`; keep
+//! the two in step. Unknown keys are rejected so a typo never silently falls
+//! back to a default.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    #[default]
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// CRI socket.
+    pub socket: PathBuf,
+    /// Persistent state: images, their metadata.
+    pub root_dir: PathBuf,
+    /// Volatile state: pods, containers, infra sockets. Lost at reboot, as
+    /// are the processes it describes.
+    pub state_dir: PathBuf,
+    /// Static pod manifests.
+    pub manifest_dir: PathBuf,
+    /// Node name used for static pod names; empty means the host name.
+    pub node_name: String,
+    pub log_format: LogFormat,
+    /// `RUST_LOG`-style filter.
+    pub log_level: String,
+    pub images: ImagesConfig,
+    /// Per-registry settings keyed by registry host (`docker.io`,
+    /// `127.0.0.1:5000`, ...).
+    pub registries: BTreeMap<String, RegistryConfig>,
+    pub cni: CniConfig,
+    pub cgroups: CgroupsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// Largest manifest or index accepted from a registry.
+    pub max_manifest_bytes: u64,
+    /// Largest image config accepted.
+    pub max_config_bytes: u64,
+    /// Largest uncompressed size of one layer: stops decompression bombs.
+    pub max_layer_bytes: u64,
+    /// Give up a connection attempt after this many seconds.
+    pub connect_timeout_secs: u64,
+    /// Give up when a registry sends nothing for this many seconds.
+    pub read_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Endpoints tried in order before the registry itself, e.g.
+    /// `https://mirror.example.com` or `http://127.0.0.1:5001`.
+    pub mirrors: Vec<String>,
+    /// Talk plain HTTP to this registry.
+    pub plain_http: bool,
+    /// Accept any TLS certificate from this registry.
+    pub insecure_skip_verify: bool,
+    /// Basic-auth credentials used when the pull request carries none.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A bearer token sent as is (`registry_token` in CRI terms).
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory searched for a `.conflist`/`.conf` that replaces the
+    /// built-in network.
+    pub conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupsConfig {
+    pub driver: CgroupDriver,
+    /// Parent cgroup for every pod (cgroupfs path).
+    pub parent: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: PathBuf::from("/run/nodelet/nodelet.sock"),
+            root_dir: PathBuf::from("/var/lib/nodelet"),
+            state_dir: PathBuf::from("/run/nodelet"),
+            manifest_dir: PathBuf::from("/etc/kubernetes/manifests"),
+            node_name: String::new(),
+            log_format: LogFormat::Text,
+            log_level: "info".to_string(),
+            images: ImagesConfig::default(),
+            registries: BTreeMap::new(),
+            cni: CniConfig::default(),
+            cgroups: CgroupsConfig::default(),
+        }
+    }
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            max_concurrent_downloads: 3,
+            max_manifest_bytes: 4 << 20,
+            max_config_bytes: 8 << 20,
+            max_layer_bytes: 32 << 30,
+            connect_timeout_secs: 10,
+            read_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+        }
+    }
+}
+
+impl Default for CgroupsConfig {
+    fn default() -> Self {
+        CgroupsConfig {
+            driver: CgroupDriver::Cgroupfs,
+            parent: "/nodelet".to_string(),
+        }
+    }
+}
+
+impl ImagesConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+}
+
+impl Config {
+    /// Parse a TOML document.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Defaults, then the file named by `--config` (if any), then flags.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_toml(&text, path)?
+            }
+            None => Config::default(),
+        };
+        config.apply_flags(args);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_flags(&mut self, args: &ServeArgs) {
+        if let Some(v) = &args.socket {
+            self.socket = v.clone();
+        }
+        if let Some(v) = &args.root_dir {
+            self.root_dir = v.clone();
+        }
+        if let Some(v) = &args.state_dir {
+            self.state_dir = v.clone();
+        }
+        if let Some(v) = &args.manifest_dir {
+            self.manifest_dir = v.clone();
+        }
+        if let Some(v) = &args.log_level {
+            self.log_level = v.clone();
+        }
+        if let Some(v) = &args.log_format {
+            self.log_format = match v.as_str() {
+                "json" => LogFormat::Json,
+                _ => LogFormat::Text,
+            };
+        }
+        for host in &args.plain_http_registries {
+            self.registries.entry(host.clone()).or_default().plain_http = true;
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, path) in [
+            ("socket", &self.socket),
+            ("root_dir", &self.root_dir),
+            ("state_dir", &self.state_dir),
+            ("manifest_dir", &self.manifest_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be an absolute path, got {}",
+                    path.display()
+                )));
+            }
+        }
+        // A unix socket path must fit sockaddr_un.sun_path (108 bytes with NUL).
+        if self.socket.as_os_str().len() > 107 {
+            return Err(ConfigError::Invalid(format!(
+                "socket path {} is longer than 107 bytes",
+                self.socket.display()
+            )));
+        }
+        if self.images.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "images.max_concurrent_downloads must be at least 1".into(),
+            ));
+        }
+        if !self.cgroups.parent.starts_with('/') {
+            return Err(ConfigError::Invalid(format!(
+                "cgroups.parent must start with '/', got {:?}",
+                self.cgroups.parent
+            )));
+        }
+        for (host, reg) in &self.registries {
+            if host.is_empty() || host.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "registries: {host:?} is not a registry host (host[:port])"
+                )));
+            }
+            for m in &reg.mirrors {
+                if !(m.starts_with("http://") || m.starts_with("https://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "registries.{host:?}.mirrors: {m:?} must start with http:// or https://"
+                    )));
+                }
+            }
+            if reg.password.is_some() && reg.username.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "registries.{host:?}: password given without username"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where images live.
+    pub fn image_root(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+
+    /// The node name: configured, else the kernel's host name.
+    pub fn node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".to_string())
+            .to_lowercase()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load(&ServeArgs::default()).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/nodelet/nodelet.sock"));
+        assert_eq!(c.root_dir, PathBuf::from("/var/lib/nodelet"));
+        assert_eq!(c.state_dir, PathBuf::from("/run/nodelet"));
+        assert_eq!(c.cgroups.driver, CgroupDriver::Cgroupfs);
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let text = r#"
+            socket = "/tmp/a.sock"
+            root_dir = "/tmp/root"
+            [images]
+            max_concurrent_downloads = 5
+            [registries."127.0.0.1:5000"]
+            plain_http = true
+            [registries."docker.io"]
+            mirrors = ["http://127.0.0.1:5001"]
+            username = "u"
+            password = "p"
+        "#;
+        let mut c = Config::from_toml(text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.images.max_concurrent_downloads, 5);
+        assert_eq!(c.images.max_manifest_bytes, 4 << 20);
+        assert!(c.registries["127.0.0.1:5000"].plain_http);
+        assert_eq!(c.registries["docker.io"].mirrors, vec!["http://127.0.0.1:5001"]);
+        let args = ServeArgs {
+            socket: Some("/tmp/b.sock".into()),
+            plain_http_registries: vec!["reg:1".into()],
+            ..Default::default()
+        };
+        c.apply_flags(&args);
+        c.validate().unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/b.sock"));
+        assert!(c.registries["reg:1"].plain_http);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let err = Config::from_toml("sokcet = \"/x\"", Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("sokcet"), "{err}");
+        let c = Config::from_toml("root_dir = \"relative\"", Path::new("c.toml")).unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("root_dir"), "{err}");
+        let c = Config::from_toml(
+            "[registries.\"docker.io\"]\nmirrors = [\"mirror.local\"]",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("mirrors"));
+    }
+}

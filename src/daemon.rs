@@ -1,0 +1,180 @@
+//! `nodelet serve`: directories, single-instance locks, the CRI socket,
+//! signals and graceful shutdown.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::cli::ServeArgs;
+use crate::config::{CgroupDriver, Config};
+use crate::cri::Cri;
+use crate::fsutil;
+use crate::node::Node;
+
+/// How long in-flight RPCs get to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    let config = match Config::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodelet: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::logging::init(config.log_format, &config.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("nodelet")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(Arc::new(config))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("nodelet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An exclusive `flock` on a file that also records our pid, held for the
+/// daemon's lifetime.
+struct InstanceLock {
+    _lock: Flock<File>,
+    path: PathBuf,
+}
+
+fn take_lock(path: &Path, what: &str) -> anyhow::Result<InstanceLock> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open lock file {}", path.display()))?;
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = holder.trim();
+            bail!(
+                "another nodelet is already running on {what} (lock {} held{})",
+                path.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" by pid {holder}")
+                }
+            );
+        }
+        Err((_, e)) => bail!("cannot lock {}: {e}", path.display()),
+    };
+    lock.set_len(0)?;
+    lock.rewind()?;
+    writeln!(*lock, "{}", std::process::id())?;
+    Ok(InstanceLock {
+        _lock: lock,
+        path: path.to_path_buf(),
+    })
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    if config.cgroups.driver == CgroupDriver::Systemd {
+        bail!("cgroups.driver = \"systemd\" is not supported yet; use \"cgroupfs\"");
+    }
+    fsutil::ensure_dir(&config.root_dir, 0o711)
+        .with_context(|| format!("cannot create root_dir {}", config.root_dir.display()))?;
+    fsutil::ensure_dir(&config.state_dir, 0o711)
+        .with_context(|| format!("cannot create state_dir {}", config.state_dir.display()))?;
+    let socket_dir = config.socket.parent().context("socket path has no parent directory")?;
+    fsutil::ensure_dir(socket_dir, 0o755)
+        .with_context(|| format!("cannot create socket directory {}", socket_dir.display()))?;
+
+    // Two locks: one per socket (two daemons must not fight over it) and one
+    // per root dir (two daemons must never share a store, whatever their
+    // sockets).
+    let socket_lock_path = PathBuf::from(format!("{}.lock", config.socket.display()));
+    let socket_lock = take_lock(&socket_lock_path, &format!("socket {}", config.socket.display()))?;
+    let _root_lock = take_lock(
+        &config.root_dir.join("nodelet.lock"),
+        &format!("root_dir {}", config.root_dir.display()),
+    )?;
+
+    let node = tokio::task::spawn_blocking({
+        let config = Arc::clone(&config);
+        move || Node::open(config)
+    })
+    .await
+    .context("opening the node state panicked")?
+    .context("cannot open nodelet's state")?;
+
+    // We hold the socket lock, so a socket file still there is stale.
+    match std::fs::remove_file(&config.socket) {
+        Ok(()) => tracing::info!(socket = %config.socket.display(), "replaced a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale socket {}", config.socket.display())),
+    }
+    let listener =
+        UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", config.socket.display()))?;
+
+    let cri = Cri::new(Arc::clone(&node));
+    tracing::info!(
+        socket = %config.socket.display(),
+        root_dir = %config.root_dir.display(),
+        state_dir = %config.state_dir.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "nodelet serving CRI v1"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(cri.runtime_server())
+            .add_service(cri.image_server())
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                let _ = stop_rx.await;
+            }),
+    );
+    let signal = wait_for_signal().await?;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("server ended with an error: {e}"),
+        Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    drop(socket_lock.path);
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

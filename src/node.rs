@@ -1,0 +1,62 @@
+//! The node core: the one internal API both front doors drive (the CRI
+//! server now, the static-pod manager later). CRI handlers only translate
+//! between protobuf and these calls.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::image::{ImageError, ImageService};
+
+/// A readiness condition as the CRI `Status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub ready: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+pub struct Node {
+    pub config: Arc<Config>,
+    pub images: Arc<ImageService>,
+}
+
+impl Node {
+    /// Open every store. Unreferenced image content is collected here, once
+    /// nothing else can hold a lease on it.
+    pub fn open(config: Arc<Config>) -> Result<Arc<Node>, ImageError> {
+        let images = ImageService::new(Arc::clone(&config))?;
+        images.collect_garbage()?;
+        Ok(Arc::new(Node { config, images }))
+    }
+
+    /// Can the runtime create containers? It can once its state
+    /// directories are usable.
+    pub fn runtime_condition(&self) -> Condition {
+        let probe = self.config.state_dir.join(".ready-probe");
+        match crate::fsutil::write_atomic(&probe, b"ok", false) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&probe);
+                Condition {
+                    ready: true,
+                    reason: String::new(),
+                    message: String::new(),
+                }
+            }
+            Err(e) => Condition {
+                ready: false,
+                reason: "StateDirUnwritable".into(),
+                message: format!("cannot write to {}: {e}", self.config.state_dir.display()),
+            },
+        }
+    }
+
+    /// Is pod networking available? Not until the networking component
+    /// exists; say so rather than pretend.
+    pub fn network_condition(&self) -> Condition {
+        Condition {
+            ready: false,
+            reason: "NetworkPluginNotReady".into(),
+            message: "nodelet has no pod network yet: pods get a network namespace with loopback only".into(),
+        }
+    }
+}
