@@ -147,7 +147,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(cri.runtime_server())
             .add_service(cri.image_server())
@@ -158,12 +158,23 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
     let _ = stop_tx.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("server ended with an error: {e}"),
-        Ok(Err(e)) => tracing::warn!("server task failed: {e}"),
-        Err(_) => tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    // New connections stop now; RPCs already running get SHUTDOWN_GRACE.
+    // Idle connections are not waited for.
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        tokio::select! {
+            r = &mut server => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("server ended with an error: {e}"),
+                Err(e) => tracing::warn!("server task failed: {e}"),
+            },
+            () = crate::cri::drained() => {}
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
+    server.abort();
     let _ = std::fs::remove_file(&config.socket);
     drop(socket_lock.path);
     Ok(())

@@ -9,6 +9,7 @@ pub mod status;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,9 +41,34 @@ impl Cri {
     }
 }
 
+/// RPCs being served now, so shutdown waits for them and not for idle
+/// connections (a kubelet never closes its own).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+struct InFlightGuard;
+impl InFlightGuard {
+    fn new() -> InFlightGuard {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard
+    }
+}
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Wait until no RPC is being served.
+pub async fn drained() {
+    while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Run one RPC body, logging its name, duration and outcome at debug level
 /// (errors that mean a bug at error level).
 async fn traced<T>(rpc: &'static str, body: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
+    let _guard = InFlightGuard::new();
     let start = Instant::now();
     let result = body.await;
     let micros = start.elapsed().as_micros() as u64;

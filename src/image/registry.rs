@@ -111,6 +111,21 @@ impl Credentials {
         }
     }
 
+    /// A digest of the secrets, to key caches without keeping them twice.
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [
+            &self.username,
+            &self.password,
+            &self.registry_token,
+            &self.identity_token,
+        ] {
+            h.update(part.as_deref().unwrap_or("").as_bytes());
+            h.update([0]);
+        }
+        hex::encode(&h.finalize()[..8])
+    }
+
     fn basic_header(&self) -> Option<String> {
         let user = self.username.as_ref()?;
         let pass = self.password.clone().unwrap_or_default();
@@ -270,7 +285,9 @@ impl RegistryClient {
     /// GET `url` with authentication: a cached header first, then whatever
     /// the registry's challenge asks for, once.
     async fn get(&self, ep: &Endpoint, repo: &str, url: &str, accept: Option<&str>) -> Result<Response, RegistryError> {
-        let key = (ep.base.clone(), repo.to_string());
+        // Tokens are cached per credentials too: a token one client earned
+        // with its password must never serve another client's request.
+        let key = (ep.base.clone(), format!("{repo}#{}", ep.credentials.fingerprint()));
         let cached = {
             let cache = self.auth_cache.lock().expect("auth cache lock");
             cache
@@ -278,9 +295,9 @@ impl RegistryClient {
                 .filter(|c| c.expires > Instant::now())
                 .map(|c| c.header.clone())
         };
-        let initial = match (&cached, &ep.credentials.registry_token) {
-            (Some(h), _) => Some(h.clone()),
-            (None, Some(token)) => Some(AuthHeader::Bearer(token.clone())),
+        let initial = match (&ep.credentials.registry_token, &cached) {
+            (Some(token), _) => Some(AuthHeader::Bearer(token.clone())),
+            (None, Some(h)) => Some(h.clone()),
             (None, None) => None,
         };
         let resp = self.send(ep, url, accept, initial.as_ref()).await?;

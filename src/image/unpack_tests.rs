@@ -129,28 +129,53 @@ fn a_well_formed_layer_becomes_an_overlay_lowerdir() {
     let owned = std::fs::metadata(fs.join("home/u/owned")).unwrap();
     assert_eq!((owned.uid(), owned.gid()), (1000, 1000));
     assert_eq!(owned.permissions().mode() & 0o777, 0o600);
-    assert_eq!(std::fs::read_link(fs.join("bin/sh")).unwrap(), Path::new("/bin/busybox"));
+    assert_eq!(
+        std::fs::read_link(fs.join("bin/sh")).unwrap(),
+        Path::new("/bin/busybox")
+    );
     assert_eq!(
         std::fs::metadata(fs.join("etc/motd.hard")).unwrap().ino(),
         std::fs::metadata(fs.join("etc/motd")).unwrap().ino()
     );
     let wh = std::fs::symlink_metadata(fs.join("etc/gone")).unwrap();
-    assert!(wh.file_type().is_char_device() && wh.rdev() == 0, "whiteout is a 0/0 char device");
+    assert!(
+        wh.file_type().is_char_device() && wh.rdev() == 0,
+        "whiteout is a 0/0 char device"
+    );
     assert!(!fs.join("etc/.wh.gone").exists());
     assert_eq!(
-        xattr::get(fs.join("var/opq"), "trusted.overlay.opaque").unwrap().as_deref(),
+        xattr::get(fs.join("var/opq"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
         Some(&b"y"[..])
     );
     assert!(!fs.join("var/opq/.wh..wh..opq").exists());
-    assert!(std::fs::symlink_metadata(fs.join("run/fifo")).unwrap().file_type().is_fifo());
+    assert!(std::fs::symlink_metadata(fs.join("run/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
     let null = std::fs::symlink_metadata(fs.join("dev/null")).unwrap();
     assert!(null.file_type().is_char_device());
     assert_eq!(null.rdev(), libc::makedev(1, 3));
-    assert_eq!(null.permissions().mode() & 0o777, 0o666, "mknod mode not masked by umask");
-    assert_eq!(xattr::get(fs.join("etc/xattr"), "user.note").unwrap().as_deref(), Some(&b"kept"[..]));
-    assert_eq!(xattr::get(fs.join("etc/xattr"), "trusted.overlay.redirect").unwrap(), None);
+    assert_eq!(
+        null.permissions().mode() & 0o777,
+        0o666,
+        "mknod mode not masked by umask"
+    );
+    assert_eq!(
+        xattr::get(fs.join("etc/xattr"), "user.note").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert_eq!(
+        xattr::get(fs.join("etc/xattr"), "trusted.overlay.redirect").unwrap(),
+        None
+    );
     let etc = std::fs::metadata(fs.join("etc")).unwrap();
-    assert_eq!(etc.mtime(), 1_500_000_000, "directory mtime restored after its children");
+    assert_eq!(
+        etc.mtime(),
+        1_500_000_000,
+        "directory mtime restored after its children"
+    );
     assert!(summary.inodes >= 10 && summary.disk_bytes > 0);
 }
 
@@ -162,7 +187,10 @@ fn zstd_and_plain_tar_are_detected_by_magic() {
     let z = zstd::encode_all(&tar[..], 3).unwrap();
     for stream in [z, tar.clone()] {
         let (outer, r) = unpack_bytes(&stream, BIG);
-        assert_eq!(r.unwrap().diff_id, format!("sha256:{}", hex::encode(Sha256::digest(&tar))));
+        assert_eq!(
+            r.unwrap().diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        );
         assert_eq!(std::fs::read(outer.path().join("fs/a")).unwrap(), b"abc");
     }
 }
@@ -197,7 +225,10 @@ fn writing_through_a_symlink_is_refused() {
     let (_outer, r) = unpack_bytes(&b.into_inner().unwrap(), BIG);
     let err = r.unwrap_err().to_string();
     assert!(err.contains("symlink"), "{err}");
-    assert!(!target.path().join("planted").exists(), "nothing written through the link");
+    assert!(
+        !target.path().join("planted").exists(),
+        "nothing written through the link"
+    );
     // Relative links that climb out are the same.
     let mut b = tar::Builder::new(Vec::new());
     link(&mut b, EntryType::Symlink, "up", "../..");
@@ -268,13 +299,19 @@ fn decompression_bombs_stop_at_the_limit() {
         Err(UnpackError::TooLarge { limit }) => assert_eq!(limit, 1 << 20),
         other => panic!("expected TooLarge, got {other:?}"),
     }
-    let written = std::fs::metadata(outer.path().join("fs/zeros")).map(|m| m.len()).unwrap_or(0);
+    let written = std::fs::metadata(outer.path().join("fs/zeros"))
+        .map(|m| m.len())
+        .unwrap_or(0);
     assert!(written <= 1 << 20, "wrote {written} bytes past the limit");
 }
 
 #[test]
 fn garbage_is_an_error_not_a_panic() {
-    for junk in [vec![0x1f, 0x8b, 0, 1, 2, 3], vec![0x28, 0xb5, 0x2f, 0xfd, 9, 9], vec![7u8; 1500]] {
+    for junk in [
+        vec![0x1f, 0x8b, 0, 1, 2, 3],
+        vec![0x28, 0xb5, 0x2f, 0xfd, 9, 9],
+        vec![7u8; 1500],
+    ] {
         let (_outer, r) = unpack_bytes(&junk, BIG);
         assert!(r.is_err());
     }

@@ -1,0 +1,166 @@
+//! A nodelet daemon of the test's own: socket, root and state directories
+//! under a temporary directory, stopped and cleaned up on drop.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cri::{self, api};
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub root_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl Daemon {
+    /// Start a daemon with `extra` appended to its TOML config.
+    pub async fn start(extra: &str) -> Daemon {
+        crate::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("nodelet-it-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("run/nodelet.sock");
+        let root_dir = dir.path().join("root");
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("config.toml");
+        let log_path = dir.path().join("nodelet.log");
+        let config = format!(
+            "socket = {:?}\nroot_dir = {:?}\nstate_dir = {:?}\nmanifest_dir = {:?}\nlog_level = \"nodelet=debug,info\"\n{extra}\n",
+            socket,
+            root_dir,
+            state_dir,
+            dir.path().join("manifests"),
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            socket,
+            root_dir,
+            state_dir,
+            config_path,
+            log_path,
+        };
+        d.spawn().await;
+        d
+    }
+
+    /// Start (again) on the same directories.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("log file");
+        let mut cmd = Command::new(crate::nodelet_bin());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        crate::die_with_parent(&mut cmd);
+        self.child = Some(cmd.spawn().expect("spawn nodelet"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nodelet exited at start ({status}):\n{}", self.log());
+            }
+            if let Ok((mut rt, _)) = cri::clients(&self.socket).await {
+                if rt.version(api::VersionRequest::default()).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "nodelet did not come up:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn clients(&self) -> (cri::Runtime, cri::Images) {
+        cri::clients(&self.socket).await.expect("connect to nodelet")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// `kill -9` the daemon.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return c.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.root_dir.join("images")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.terminate();
+        if std::thread::panicking() {
+            eprintln!("---- nodelet log ({}) ----\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// Files under `dir` (recursively), relative, for leak checks.
+pub fn list_tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, p: &Path, out: &mut Vec<String>) {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                let path = e.path();
+                out.push(path.strip_prefix(base).unwrap_or(&path).display().to_string());
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    walk(base, &path, out);
+                }
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
