@@ -85,7 +85,7 @@ pub fn standard_images() -> &'static [TestImage] {
     static IMAGES: OnceLock<Vec<TestImage>> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let dir = target_dir().join("test-images/standard");
-        with_build_lock(&dir, |d| nodelet_test_images::build_standard(d)).expect("building the test images")
+        with_build_lock(&dir, nodelet_test_images::build_standard).expect("building the test images")
     })
 }
 
