@@ -14,12 +14,11 @@ fn main() -> anyhow::Result<()> {
     }
     for i in images {
         println!(
-            "{}oci:{}:{} -> {}:{}",
+            "{}oci:{}:{} -> {}:latest",
             if i.all { "--all " } else { "" },
             i.layout.display(),
             i.tag,
             i.repo,
-            "latest"
         );
     }
     Ok(())
