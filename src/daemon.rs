@@ -175,6 +175,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     server.abort();
+    let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
     let _ = std::fs::remove_file(&config.socket);
     drop(socket_lock.path);
     Ok(())

@@ -29,6 +29,13 @@ impl Node {
         Ok(Arc::new(Node { config, images }))
     }
 
+    /// Flush what must reach the disk before the daemon exits.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.images.store().sync_pending() {
+            tracing::warn!("flushing image layers at shutdown: {e}");
+        }
+    }
+
     /// Can the runtime create containers? It can once its state
     /// directories are usable.
     pub fn runtime_condition(&self) -> Condition {

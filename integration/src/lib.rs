@@ -8,6 +8,7 @@
 //! process is started with `PR_SET_PDEATHSIG` so a panicking test cannot
 //! leak one.
 
+pub mod bench;
 pub mod cri;
 pub mod daemon;
 pub mod fake_registry;

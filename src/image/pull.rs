@@ -164,6 +164,14 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
     .await
     .map_err(|e| ImageError::Internal(format!("recording the image failed: {e}")))??;
     drop(lease);
+    // Flush the new layers to disk off the request path (see
+    // `Store::commit_layer`).
+    let store = Arc::clone(&svc.store);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.sync_pending() {
+            tracing::warn!("flushing pulled layers: {e}");
+        }
+    });
     tracing::info!(image = %shown, id = %record.id, "image pulled");
     Ok(record)
 }
