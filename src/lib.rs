@@ -9,3 +9,4 @@ pub mod fsutil;
 pub mod image;
 pub mod logging;
 pub mod node;
+pub mod runtime;

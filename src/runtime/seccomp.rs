@@ -1,0 +1,1 @@
+//! Seccomp profiles: nodelet's RuntimeDefault and Localhost profile loading.

@@ -1,0 +1,1 @@
+//! Resolving the container user and groups inside the container's rootfs.
