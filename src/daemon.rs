@@ -118,13 +118,16 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         &format!("root_dir {}", config.root_dir.display()),
     )?;
 
-    let node = tokio::task::spawn_blocking({
-        let config = Arc::clone(&config);
-        move || Node::open(config)
-    })
-    .await
-    .context("opening the node state panicked")?
-    .context("cannot open nodelet's state")?;
+    // Pod infra processes are our grandchildren; as a subreaper we inherit
+    // them when their first process exits, and reap them ourselves (by
+    // pidfd, never with a blanket waitpid(-1)).
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!("PR_SET_CHILD_SUBREAPER: {}", std::io::Error::last_os_error());
+    }
+    let node = Node::open(Arc::clone(&config))
+        .await
+        .context("cannot open nodelet's state")?;
 
     // We hold the socket lock, so a socket file still there is stale.
     match std::fs::remove_file(&config.socket) {

@@ -7,6 +7,7 @@ pub mod cri;
 pub mod daemon;
 pub mod fsutil;
 pub mod image;
+pub mod infra;
 pub mod logging;
 pub mod node;
 pub mod runtime;

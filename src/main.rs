@@ -8,6 +8,18 @@ use clap::Parser;
 use nodelet::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // The per-pod infra mode is dispatched before anything else runs: it
+    // must stay single-threaded and small (see `infra/mod.rs`).
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() == Some(std::ffi::OsStr::new("infra")) {
+        return match args.next() {
+            Some(dir) => nodelet::infra::main(std::path::Path::new(&dir)),
+            None => {
+                eprintln!("usage: nodelet infra POD_STATE_DIR");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or_default() {
         Command::Serve(args) => nodelet::daemon::main(args),

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::image::{ImageError, ImageService};
+use crate::image::ImageService;
+use crate::runtime::{Runtime, RuntimeError};
 
 /// A readiness condition as the CRI `Status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,15 +19,27 @@ pub struct Condition {
 pub struct Node {
     pub config: Arc<Config>,
     pub images: Arc<ImageService>,
+    pub runtime: Arc<Runtime>,
 }
 
 impl Node {
-    /// Open every store. Unreferenced image content is collected here, once
-    /// nothing else can hold a lease on it.
-    pub fn open(config: Arc<Config>) -> Result<Arc<Node>, ImageError> {
-        let images = ImageService::new(Arc::clone(&config))?;
-        images.collect_garbage()?;
-        Ok(Arc::new(Node { config, images }))
+    /// Open every store. Unreferenced image content is collected once the
+    /// runtime has re-pinned the layers its containers use.
+    pub async fn open(config: Arc<Config>) -> Result<Arc<Node>, RuntimeError> {
+        let cfg = Arc::clone(&config);
+        let images = tokio::task::spawn_blocking(move || ImageService::new(cfg))
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        let runtime = Runtime::open(Arc::clone(&config), Arc::clone(&images)).await?;
+        let im = Arc::clone(&images);
+        tokio::task::spawn_blocking(move || im.collect_garbage())
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        Ok(Arc::new(Node {
+            config,
+            images,
+            runtime,
+        }))
     }
 
     /// Flush what must reach the disk before the daemon exits.

@@ -10,6 +10,8 @@ use crate::cri::{self, api};
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The test's own cgroup parent (`[cgroups] parent`), torn down on drop.
+    pub cgroup_parent: String,
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub root_dir: PathBuf,
@@ -31,16 +33,23 @@ impl Daemon {
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("config.toml");
         let log_path = dir.path().join("nodelet.log");
+        let cgroup_parent = format!("/nodelet-test-{}", &dir.path().file_name().unwrap().to_string_lossy()[11..]);
+        // The daemon re-parents pod infra processes to itself; if it dies
+        // they come to us (not to this VM's PID 1, which never reaps).
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let config = format!(
-            "socket = {:?}\nroot_dir = {:?}\nstate_dir = {:?}\nmanifest_dir = {:?}\nlog_level = \"nodelet=debug,info\"\n{extra}\n",
+            "socket = {:?}\nroot_dir = {:?}\nstate_dir = {:?}\nmanifest_dir = {:?}\nlog_level = \"nodelet=debug,info\"\n{}\n",
             socket,
             root_dir,
             state_dir,
             dir.path().join("manifests"),
+            with_cgroup_parent(extra, &cgroup_parent),
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut d = Daemon {
             child: None,
+            cgroup_parent,
             dir,
             socket,
             root_dir,
@@ -143,6 +152,21 @@ impl Drop for Daemon {
         if std::thread::panicking() {
             eprintln!("---- nodelet log ({}) ----\n{}", self.log_path.display(), self.log());
         }
+        // Whatever the test left running: kill it through the test's cgroup
+        // subtree, unmount what is mounted under the test directory, reap
+        // infra processes that came to us.
+        crate::cleanup::cgroup_tree(&self.cgroup_parent);
+        crate::cleanup::mounts_under(self.dir.path());
+        crate::cleanup::reap_orphans();
+    }
+}
+
+/// Add `parent = ...` to the config's `[cgroups]` table (creating it).
+fn with_cgroup_parent(extra: &str, parent: &str) -> String {
+    if extra.contains("[cgroups]") {
+        extra.replace("[cgroups]", &format!("[cgroups]\nparent = {parent:?}"))
+    } else {
+        format!("{extra}\n[cgroups]\nparent = {parent:?}\n")
     }
 }
 

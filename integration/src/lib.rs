@@ -9,9 +9,11 @@
 //! leak one.
 
 pub mod bench;
+pub mod cleanup;
 pub mod cri;
 pub mod daemon;
 pub mod fake_registry;
+pub mod pods;
 pub mod registry;
 
 use std::path::{Path, PathBuf};

@@ -3,8 +3,10 @@
 //! protobuf and the node core (`crate::node`); the bindings are the
 //! `k8s-cri` crate's.
 
+pub mod container;
 pub mod images;
 pub mod runtime_info;
+pub mod sandbox;
 pub mod status;
 
 use std::future::Future;
@@ -120,100 +122,133 @@ impl CriRuntimeService for Cri {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<cri::RunPodSandboxRequest>,
+        req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        traced("RunPodSandbox", async { Err(not_yet("RunPodSandbox")) }).await
+        traced("RunPodSandbox", sandbox::run(&self.node.runtime, req.into_inner())).await
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<cri::StopPodSandboxRequest>,
+        req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        traced("StopPodSandbox", async { Err(not_yet("StopPodSandbox")) }).await
+        traced("StopPodSandbox", sandbox::stop(&self.node.runtime, req.into_inner())).await
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<cri::RemovePodSandboxRequest>,
+        req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        traced("RemovePodSandbox", async { Err(not_yet("RemovePodSandbox")) }).await
+        traced(
+            "RemovePodSandbox",
+            sandbox::remove(&self.node.runtime, req.into_inner()),
+        )
+        .await
     }
 
     async fn pod_sandbox_status(
         &self,
-        _req: Request<cri::PodSandboxStatusRequest>,
+        req: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        traced("PodSandboxStatus", async { Err(not_yet("PodSandboxStatus")) }).await
+        let rt = Arc::clone(&self.node.runtime);
+        traced(
+            "PodSandboxStatus",
+            blocking(move || sandbox::status(&rt, req.into_inner())),
+        )
+        .await
     }
 
     async fn list_pod_sandbox(
         &self,
-        _req: Request<cri::ListPodSandboxRequest>,
+        req: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        traced("ListPodSandbox", async { Err(not_yet("ListPodSandbox")) }).await
+        let rt = Arc::clone(&self.node.runtime);
+        traced("ListPodSandbox", blocking(move || sandbox::list(&rt, req.into_inner()))).await
     }
 
     async fn create_container(
         &self,
-        _req: Request<cri::CreateContainerRequest>,
+        req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        traced("CreateContainer", async { Err(not_yet("CreateContainer")) }).await
+        traced(
+            "CreateContainer",
+            container::create(&self.node.runtime, req.into_inner()),
+        )
+        .await
     }
 
     async fn start_container(
         &self,
-        _req: Request<cri::StartContainerRequest>,
+        req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        traced("StartContainer", async { Err(not_yet("StartContainer")) }).await
+        traced("StartContainer", container::start(&self.node.runtime, req.into_inner())).await
     }
 
     async fn stop_container(
         &self,
-        _req: Request<cri::StopContainerRequest>,
+        req: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        traced("StopContainer", async { Err(not_yet("StopContainer")) }).await
+        traced("StopContainer", container::stop(&self.node.runtime, req.into_inner())).await
     }
 
     async fn remove_container(
         &self,
-        _req: Request<cri::RemoveContainerRequest>,
+        req: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        traced("RemoveContainer", async { Err(not_yet("RemoveContainer")) }).await
+        traced(
+            "RemoveContainer",
+            container::remove(&self.node.runtime, req.into_inner()),
+        )
+        .await
     }
 
     async fn list_containers(
         &self,
-        _req: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        traced("ListContainers", async { Err(not_yet("ListContainers")) }).await
+        let rt = Arc::clone(&self.node.runtime);
+        traced(
+            "ListContainers",
+            blocking(move || container::list(&rt, req.into_inner())),
+        )
+        .await
     }
 
     async fn container_status(
         &self,
-        _req: Request<cri::ContainerStatusRequest>,
+        req: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        traced("ContainerStatus", async { Err(not_yet("ContainerStatus")) }).await
+        let rt = Arc::clone(&self.node.runtime);
+        traced(
+            "ContainerStatus",
+            blocking(move || container::status(&rt, req.into_inner())),
+        )
+        .await
     }
 
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        traced("UpdateContainerResources", async {
-            Err(not_yet("UpdateContainerResources"))
-        })
+        traced(
+            "UpdateContainerResources",
+            container::update_resources(&self.node.runtime, req.into_inner()),
+        )
         .await
     }
 
     async fn reopen_container_log(
         &self,
-        _req: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        traced("ReopenContainerLog", async { Err(not_yet("ReopenContainerLog")) }).await
+        traced(
+            "ReopenContainerLog",
+            container::reopen_log(&self.node.runtime, req.into_inner()),
+        )
+        .await
     }
 
-    async fn exec_sync(&self, _req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        traced("ExecSync", async { Err(not_yet("ExecSync")) }).await
+    async fn exec_sync(&self, req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        traced("ExecSync", container::exec_sync(&self.node.runtime, req.into_inner())).await
     }
 
     async fn exec(&self, _req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {

@@ -7,6 +7,8 @@ use tonic::{Code, Status};
 
 use crate::image::registry::RegistryError;
 use crate::image::ImageError;
+use crate::runtime::spec::SpecError;
+use crate::runtime::RuntimeError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -38,6 +40,24 @@ fn registry_code(e: &RegistryError) -> Code {
         | RegistryError::DigestMismatch { .. }
         | RegistryError::SizeMismatch { .. }
         | RegistryError::Protocol { .. } => Code::FailedPrecondition,
+    }
+}
+
+impl From<RuntimeError> for Status {
+    fn from(e: RuntimeError) -> Status {
+        let code = match &e {
+            RuntimeError::NotFound { .. } => Code::NotFound,
+            RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
+            RuntimeError::InvalidArgument(_) | RuntimeError::Spec(SpecError::Invalid { .. }) => Code::InvalidArgument,
+            RuntimeError::FailedPrecondition(_) | RuntimeError::Spec(SpecError::Unsupported { .. }) => {
+                Code::FailedPrecondition
+            }
+            RuntimeError::Image(i) => image_code(i),
+            RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            RuntimeError::Infra(_) => Code::Unavailable,
+            RuntimeError::Cgroup(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
     }
 }
 

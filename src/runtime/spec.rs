@@ -119,3 +119,15 @@ pub fn build(input: &SpecInput) -> Result<BuiltSpec, SpecError> {
         message: "spec building is not written yet".into(),
     })
 }
+
+/// CRI resources → OCI resources, validated (UpdateContainerResources).
+pub fn linux_resources(
+    resources: &cri::LinuxContainerResources,
+    host: &HostFeatures,
+) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
+    let _ = (resources, host);
+    Err(SpecError::Unsupported {
+        field: "linux".into(),
+        message: "not written yet".into(),
+    })
+}

@@ -1,0 +1,103 @@
+//! The mounts the daemon makes on the host: each container's overlayfs
+//! root and each pod's shared `/dev/shm`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+/// The kernel copies at most a page of mount options.
+const MAX_OPTIONS: usize = 4095;
+
+/// Mount an overlay of `lowers` (top-most first) with a writable upper
+/// layer at `target`.
+pub fn overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::Result<()> {
+    let join = |p: &Path| p.to_string_lossy().replace(',', "\\,").replace(':', "\\:");
+    let lower = if lowers.is_empty() {
+        // An image without layers still needs a lower directory.
+        let empty = upper.with_file_name("empty-lower");
+        std::fs::create_dir_all(&empty)?;
+        join(&empty)
+    } else {
+        lowers.iter().map(|p| join(p)).collect::<Vec<_>>().join(":")
+    };
+    let options = format!("lowerdir={lower},upperdir={},workdir={}", join(upper), join(work));
+    if options.len() > MAX_OPTIONS {
+        return Err(io::Error::other(format!(
+            "overlay options for {} layers are {} bytes, over the kernel's {MAX_OPTIONS}",
+            lowers.len(),
+            options.len()
+        )));
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// A size-limited tmpfs (the pod's `/dev/shm`).
+pub fn tmpfs(target: &Path, size_bytes: u64) -> io::Result<()> {
+    let options = format!("mode=1777,size={size_bytes}");
+    mount(
+        Some("shm"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options.as_str()),
+    )
+    .map_err(io::Error::from)
+}
+
+/// Is something mounted exactly at `path`?
+pub fn is_mountpoint(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let wanted = path.to_string_lossy();
+    text.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*wanted))
+}
+
+/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Unmount `target` if mounted (detaching if busy). Not mounted is fine.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    match umount2(target, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescaping() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/x\\134y"), "/x\\y");
+    }
+}

@@ -1,0 +1,671 @@
+//! Pod sandboxes: an infra process per pod holding its namespaces, a pod
+//! cgroup under the kubelet's QoS layout, the pod's /etc files and shared
+//! /dev/shm.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::records::{self, SandboxRecord};
+use super::{infra_client, io_err, mounts, new_id, Result, Runtime, RuntimeError};
+use crate::infra::protocol::{InfraConfig, Request};
+
+/// The pod's /dev/shm size, as containerd and the Docker default.
+const SHM_SIZE: u64 = 64 << 20;
+/// How long an infra process gets to come up.
+const INFRA_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+const NS_POD: i32 = cri::NamespaceMode::Pod as i32;
+const NS_CONTAINER: i32 = cri::NamespaceMode::Container as i32;
+const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
+
+/// `/proc/<pid>/stat` field 22: when the process started.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// Is this pod's infra process (the very one we started) alive?
+pub fn infra_alive(p: &SandboxRecord) -> bool {
+    p.infra_pid > 0
+        && process_start_time(p.infra_pid) == Some(p.infra_start_time)
+        && !std::fs::read_to_string(format!("/proc/{}/stat", p.infra_pid))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .map(|r| r.trim_start().starts_with('Z'))
+                    .unwrap_or(false)
+            })
+            .unwrap_or(true)
+}
+
+fn invalid(msg: impl Into<String>) -> RuntimeError {
+    RuntimeError::InvalidArgument(msg.into())
+}
+
+/// The pod's QoS tier as the kubelet lays cgroups out, from pod-level
+/// resources when the caller gives no cgroup parent.
+fn qos_dir(resources: Option<&cri::LinuxContainerResources>) -> &'static str {
+    match resources {
+        Some(r) if r.memory_limit_in_bytes > 0 && r.cpu_quota > 0 => "",
+        Some(r) if r.memory_limit_in_bytes > 0 || r.cpu_quota > 0 || r.cpu_shares > 0 => "burstable",
+        _ => "besteffort",
+    }
+}
+
+/// Pod-level limits: resources plus overhead.
+fn pod_limits(linux: &cri::LinuxPodSandboxConfig) -> Option<oci_spec::runtime::LinuxResources> {
+    let sum = |f: fn(&cri::LinuxContainerResources) -> i64| -> i64 {
+        linux.resources.as_ref().map(f).unwrap_or(0) + linux.overhead.as_ref().map(f).unwrap_or(0)
+    };
+    let memory = sum(|r| r.memory_limit_in_bytes);
+    let quota = sum(|r| r.cpu_quota);
+    let shares = sum(|r| r.cpu_shares);
+    let period = linux
+        .resources
+        .as_ref()
+        .map(|r| r.cpu_period)
+        .filter(|p| *p > 0)
+        .unwrap_or(100_000);
+    if memory <= 0 && quota <= 0 && shares <= 0 {
+        return None;
+    }
+    let mut cpu = oci_spec::runtime::LinuxCpu::default();
+    if quota > 0 {
+        cpu.set_quota(Some(quota));
+        cpu.set_period(Some(period as u64));
+    }
+    if shares > 0 {
+        cpu.set_shares(Some(shares as u64));
+    }
+    let mut res = oci_spec::runtime::LinuxResources::default();
+    res.set_cpu(Some(cpu));
+    if memory > 0 {
+        let mut m = oci_spec::runtime::LinuxMemory::default();
+        m.set_limit(Some(memory));
+        res.set_memory(Some(m));
+    }
+    Some(res)
+}
+
+fn host_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `/etc/resolv.conf` for the pod: from DNSConfig, else the host's (for a
+/// pod network without the loopback resolvers it cannot reach, as the
+/// kubelet filters them).
+pub fn resolv_conf(dns: Option<&cri::DnsConfig>, host_network: bool, host: &str) -> String {
+    if let Some(d) = dns.filter(|d| !d.servers.is_empty() || !d.searches.is_empty() || !d.options.is_empty()) {
+        let mut s = String::new();
+        for n in &d.servers {
+            s.push_str(&format!("nameserver {n}\n"));
+        }
+        if !d.searches.is_empty() {
+            s.push_str(&format!("search {}\n", d.searches.join(" ")));
+        }
+        if !d.options.is_empty() {
+            s.push_str(&format!("options {}\n", d.options.join(" ")));
+        }
+        return s;
+    }
+    if host_network {
+        return host.to_string();
+    }
+    host.lines()
+        .filter(|l| {
+            let mut f = l.split_whitespace();
+            !(f.next() == Some("nameserver")
+                && f.next()
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|ip| ip.is_loopback()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// Check a hostname the way sethostname(2) and RFC 1123 allow.
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 64
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+impl Runtime {
+    pub async fn run_pod(self: &Arc<Self>, config: cri::PodSandboxConfig, runtime_handler: &str) -> Result<String> {
+        if !runtime_handler.is_empty() && runtime_handler != "nodelet" && runtime_handler != "runc" {
+            return Err(RuntimeError::NotFound {
+                kind: "runtime handler",
+                id: runtime_handler.to_string(),
+            });
+        }
+        let meta = config.metadata.clone().ok_or_else(|| invalid("metadata is required"))?;
+        if meta.name.is_empty() || meta.namespace.is_empty() || meta.uid.is_empty() {
+            return Err(invalid(
+                "metadata.name, metadata.namespace and metadata.uid are required",
+            ));
+        }
+        for (what, v) in [("name", &meta.name), ("namespace", &meta.namespace), ("uid", &meta.uid)] {
+            if v.contains(['/', '\0']) {
+                return Err(invalid(format!("metadata.{what} {v:?} must not contain '/' or NUL")));
+            }
+        }
+        let linux = config.linux.clone().unwrap_or_default();
+        let ns = linux
+            .security_context
+            .as_ref()
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let host_network = ns.network == NS_NODE;
+        let host_ipc = ns.ipc == NS_NODE;
+        if ns.network == NS_CONTAINER || ns.ipc == NS_CONTAINER {
+            return Err(invalid("namespace_options: network and ipc must be POD or NODE"));
+        }
+        if ns.pid == cri::NamespaceMode::Target as i32 {
+            return Err(invalid("namespace_options.pid: TARGET is only valid for containers"));
+        }
+        if ns
+            .userns_options
+            .as_ref()
+            .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
+        {
+            return Err(RuntimeError::FailedPrecondition(
+                "user namespaces (hostUsers: false) are not supported yet".into(),
+            ));
+        }
+        let mut sysctls = BTreeMap::new();
+        for (k, v) in &linux.sysctls {
+            match crate::infra::sysctl_namespace(k) {
+                Some("network") if host_network => {
+                    return Err(invalid(format!(
+                        "sysctl {k}: a pod on the host network cannot set network sysctls"
+                    )))
+                }
+                Some("ipc") if host_ipc => {
+                    return Err(invalid(format!(
+                        "sysctl {k}: a pod on the host IPC namespace cannot set IPC sysctls"
+                    )))
+                }
+                Some(_) if k.contains("..") || k.contains('/') => {
+                    return Err(invalid(format!("sysctl {k}: invalid name")))
+                }
+                Some(_) => {
+                    sysctls.insert(k.clone(), v.clone());
+                }
+                None => return Err(invalid(format!("sysctl {k} is not namespaced; a pod may not set it"))),
+            }
+        }
+        let hostname = if host_network {
+            host_hostname()
+        } else if !config.hostname.is_empty() {
+            config.hostname.clone()
+        } else {
+            meta.name.chars().take(63).collect()
+        };
+        if !host_network && !valid_hostname(&hostname) {
+            return Err(invalid(format!("hostname {hostname:?} is not a valid host name")));
+        }
+        if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+            return Err(invalid(format!(
+                "log_directory {:?} must be absolute",
+                config.log_directory
+            )));
+        }
+        let cgroup = if linux.cgroup_parent.is_empty() {
+            let qos = qos_dir(linux.resources.as_ref());
+            let parent = self.config.cgroups.parent.trim_end_matches('/');
+            format!("{parent}/{}{}pod{}", qos, if qos.is_empty() { "" } else { "/" }, "{id}")
+        } else {
+            if !linux.cgroup_parent.starts_with('/') || linux.cgroup_parent.contains("..") {
+                return Err(invalid(format!(
+                    "linux.cgroup_parent {:?} must be an absolute cgroupfs path (the systemd driver is not supported)",
+                    linux.cgroup_parent
+                )));
+            }
+            linux.cgroup_parent.clone()
+        };
+
+        let name = format!("{}_{}_{}_{}", meta.name, meta.namespace, meta.uid, meta.attempt);
+        let id = new_id();
+        let cgroup = cgroup.replace("{id}", &id);
+        {
+            let mut idx = self.index.lock().expect("index");
+            if let Some(other) = idx.names.get(&format!("pod:{name}")) {
+                return Err(RuntimeError::AlreadyExists(format!(
+                    "pod sandbox name {name:?} is already used by {other}"
+                )));
+            }
+            idx.names.insert(format!("pod:{name}"), id.clone());
+        }
+        let _guard = self.lock(&id).await;
+        let record = SandboxRecord {
+            id: id.clone(),
+            name: name.clone(),
+            config: config.clone(),
+            runtime_handler: runtime_handler.to_string(),
+            created_at: crate::cri::images::now_nanos(),
+            ready: true,
+            infra_pid: 0,
+            infra_start_time: 0,
+            cgroup: cgroup.clone(),
+            host_network,
+            host_ipc,
+            pid_mode: ns.pid,
+            shm: None,
+        };
+        let setup = self
+            .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
+            .await;
+        match setup {
+            Ok(record) => {
+                self.index.lock().expect("index").pods.insert(id.clone(), record);
+                tracing::info!(pod = %id, name = %name, "pod sandbox running");
+                Ok(id)
+            }
+            Err((e, record)) => {
+                self.teardown_pod_resources(&record).await;
+                self.index.lock().expect("index").names.remove(&format!("pod:{name}"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything a pod needs on the host. On error the partial record is
+    /// returned so the caller can undo what was done.
+    #[allow(clippy::too_many_arguments)]
+    async fn setup_pod(
+        self: &Arc<Self>,
+        mut record: SandboxRecord,
+        hostname: &str,
+        sysctls: BTreeMap<String, String>,
+        host_network: bool,
+        host_ipc: bool,
+        pid_mode: i32,
+        linux: &cri::LinuxPodSandboxConfig,
+    ) -> std::result::Result<SandboxRecord, (RuntimeError, SandboxRecord)> {
+        macro_rules! tri {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e.into(), record)),
+                }
+            };
+        }
+        let dir = self.pod_state_dir(&record.id);
+        tri!(crate::fsutil::ensure_dir(&dir.join("runc"), 0o711).map_err(io_err(format!("create {}", dir.display()))));
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let resolv = resolv_conf(record.config.dns_config.as_ref(), host_network, &host_resolv);
+        let hosts = if host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| hosts_file(hostname))
+        } else {
+            hosts_file(hostname)
+        };
+        for (file, text) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", hosts),
+            ("resolv.conf", resolv),
+        ] {
+            tri!(std::fs::write(dir.join(file), text).map_err(io_err(format!("write pod {file}"))));
+        }
+        if !host_ipc {
+            let shm = dir.join("shm");
+            tri!(std::fs::create_dir_all(&shm).map_err(io_err("create pod shm dir")));
+            tri!(mounts::tmpfs(&shm, SHM_SIZE).map_err(io_err("mount the pod's /dev/shm")));
+            record.shm = Some(shm);
+        }
+        let cg = record.cgroup.clone();
+        let limits = pod_limits(linux);
+        let rt = Arc::clone(self);
+        let cg_result = tokio::task::spawn_blocking(move || {
+            rt.cgroups.create(&cg)?;
+            if let Some(l) = limits {
+                rt.cgroups.apply(&cg, &l)?;
+            }
+            Ok::<_, RuntimeError>(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()));
+        tri!(tri!(cg_result));
+
+        let infra = InfraConfig {
+            pod_id: record.id.clone(),
+            new_net: !host_network,
+            new_ipc: !host_ipc,
+            new_uts: !host_network,
+            new_pid: pid_mode == NS_POD,
+            hostname: hostname.to_string(),
+            sysctls,
+            cgroup_procs: self.cgroups.procs_files(&record.cgroup),
+            runtime_root: dir.join("runc"),
+        };
+        tri!(std::fs::write(
+            dir.join(crate::infra::CONFIG),
+            serde_json::to_vec(&infra).expect("infra config")
+        )
+        .map_err(io_err("write infra.json")));
+        let (pid, start_time) = tri!(spawn_infra(&dir).await);
+        record.infra_pid = pid;
+        record.infra_start_time = start_time;
+        tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
+        self.watch_infra(record.id.clone(), pid);
+        Ok(record)
+    }
+
+    /// Undo what `setup_pod` did (also the end of RemovePodSandbox).
+    async fn teardown_pod_resources(self: &Arc<Self>, record: &SandboxRecord) {
+        if record.infra_pid > 0 && infra_alive(record) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(record.infra_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let dir = self.pod_state_dir(&record.id);
+        let _ = mounts::unmount(&dir.join("shm"));
+        let rt = Arc::clone(self);
+        let cg = record.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = rt.cgroups.remove(&cg) {
+                tracing::warn!("removing pod cgroup {cg}: {e}");
+            }
+        })
+        .await;
+        let _ = crate::fsutil::remove_all(&dir);
+        let _ = crate::fsutil::remove_all(&self.pod_record_path(&record.id));
+    }
+
+    /// Reap and account for an infra process when it exits.
+    pub(crate) fn watch_infra(self: &Arc<Self>, pod: String, pid: i32) {
+        let rt = Arc::clone(self);
+        tokio::spawn(async move {
+            wait_for_exit(pid).await;
+            rt.infra_exited(&pod, pid).await;
+        });
+    }
+
+    async fn infra_exited(self: &Arc<Self>, pod: &str, pid: i32) {
+        let _guard = self.lock(pod).await;
+        let record = {
+            let mut idx = self.index.lock().expect("index");
+            match idx.pods.get_mut(pod) {
+                Some(p) if p.infra_pid == pid && p.ready => {
+                    p.ready = false;
+                    Some(p.clone())
+                }
+                _ => None,
+            }
+        };
+        let Some(record) = record else { return };
+        tracing::warn!(pod = %pod, pid, "the pod's infra process died; the pod is not ready");
+        let _ = records::save_pod(&self.pod_record_path(pod), &record);
+        for c in self.pod_containers(pod) {
+            self.settle_dead(&c);
+        }
+    }
+
+    pub(crate) fn pod_containers(&self, pod: &str) -> Vec<super::ContainerRecord> {
+        self.index
+            .lock()
+            .expect("index")
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod)
+            .cloned()
+            .collect()
+    }
+
+    /// Stop every container (forcibly) and the infra; the pod becomes not
+    /// ready. Idempotent; an unknown pod is fine.
+    pub async fn stop_pod(self: &Arc<Self>, id: &str) -> Result<()> {
+        let _guard = self.lock(id).await;
+        let Some(record) = self.index.lock().expect("index").pods.get(id).cloned() else {
+            return Ok(());
+        };
+        self.stop_pod_locked(record).await
+    }
+
+    async fn stop_pod_locked(self: &Arc<Self>, mut record: SandboxRecord) -> Result<()> {
+        let dir = self.pod_state_dir(&record.id);
+        if infra_alive(&record) {
+            // The infra kills every container, waits for them and exits.
+            match infra_client::call(&dir, &Request::Shutdown, Duration::from_secs(30)).await {
+                Ok(_) => wait_gone(&record, Duration::from_secs(10)).await,
+                Err(e) => tracing::warn!(pod = %record.id, "infra shutdown: {e}; killing it"),
+            }
+            if infra_alive(&record) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(record.infra_pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                wait_gone(&record, Duration::from_secs(10)).await;
+            }
+        }
+        // Whatever escaped its container's PID namespace is killed through
+        // the cgroup.
+        let containers = self.pod_containers(&record.id);
+        for c in &containers {
+            self.settle_dead(c);
+        }
+        let rt = Arc::clone(self);
+        let cgroups: Vec<String> = containers.iter().map(|c| c.cgroup.clone()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for cg in cgroups {
+                rt.cgroups.kill(&cg);
+            }
+        })
+        .await;
+        if let Some(shm) = &record.shm {
+            mounts::unmount(shm).map_err(io_err("unmount the pod's /dev/shm"))?;
+        }
+        if record.ready {
+            record.ready = false;
+            records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record"))?;
+            self.index
+                .lock()
+                .expect("index")
+                .pods
+                .insert(record.id.clone(), record.clone());
+            tracing::info!(pod = %record.id, "pod sandbox stopped");
+        }
+        Ok(())
+    }
+
+    /// Stop the pod if needed, remove its containers and everything it
+    /// had. Idempotent.
+    pub async fn remove_pod(self: &Arc<Self>, id: &str) -> Result<()> {
+        let _guard = self.lock(id).await;
+        let Some(record) = self.index.lock().expect("index").pods.get(id).cloned() else {
+            return Ok(());
+        };
+        self.stop_pod_locked(record.clone()).await?;
+        for c in self.pod_containers(id) {
+            self.remove_container(&c.id).await?;
+        }
+        self.teardown_pod_resources(&record).await;
+        {
+            let mut idx = self.index.lock().expect("index");
+            idx.pods.remove(id);
+            idx.names.remove(&format!("pod:{}", record.name));
+        }
+        self.forget_lock(id);
+        tracing::info!(pod = %id, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+/// Start `nodelet infra DIR` and wait for its handshake. Returns the
+/// infra's host PID and start time.
+async fn spawn_infra(dir: &Path) -> Result<(i32, u64)> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(crate::infra::LOG))
+        .map_err(io_err("open infra log"))?;
+    let mut child = tokio::process::Command::new("/proc/self/exe")
+        .arg("infra")
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_err("start the infra process"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| RuntimeError::Internal("infra stdout".into()))?;
+    let handshake = async {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut pid = None;
+        while let Some(line) = lines.next_line().await.map_err(io_err("read the infra handshake"))? {
+            if let Some(p) = line.strip_prefix("PID ") {
+                pid = p.trim().parse::<i32>().ok();
+            } else if line == "READY" {
+                return pid.ok_or_else(|| RuntimeError::Internal("infra said READY without a PID".into()));
+            } else if let Some(why) = line.strip_prefix("ERROR ") {
+                return Err(RuntimeError::FailedPrecondition(format!(
+                    "setting up the pod failed: {why}"
+                )));
+            }
+        }
+        Err(RuntimeError::Internal("the infra process exited during set-up".into()))
+    };
+    let pid = match tokio::time::timeout(INFRA_START_TIMEOUT, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(RuntimeError::DeadlineExceeded(
+            "the infra process did not come up in time".into(),
+        )),
+    };
+    // The first process exits right after forking the infra proper.
+    let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+    let pid = match pid {
+        Ok(p) => p,
+        Err(e) => {
+            // A half-started infra must not survive: it is our child's
+            // child, found through the handshake if it got that far.
+            return Err(e);
+        }
+    };
+    let start = process_start_time(pid).ok_or_else(|| RuntimeError::Internal("the infra process vanished".into()))?;
+    Ok((pid, start))
+}
+
+/// Wait until `pid` exits, reaping it if it is our child (the daemon is a
+/// subreaper, so infra processes it started are re-parented to it).
+async fn wait_for_exit(pid: i32) {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: the syscall just returned this descriptor; we own it.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns `owned` (an OwnedFd), so the descriptor
+    // stays open and the same for the AsyncFd's whole life.
+    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
+        let _ = afd.readable().await;
+        let mut info: libc::siginfo_t =
+            // SAFETY: siginfo_t is plain data; zeroed is valid.
+            unsafe { std::mem::zeroed() };
+        // SAFETY: P_PIDFD with our descriptor; `info` outlives the call.
+        // ECHILD (not our child: it came from a previous daemon) is fine.
+        unsafe {
+            libc::waitid(
+                libc::P_PIDFD,
+                std::os::fd::AsRawFd::as_raw_fd(afd.get_ref()) as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+    }
+}
+
+/// Poll until the infra is gone (or `limit` passes).
+async fn wait_gone(p: &SandboxRecord, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while infra_alive(p) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The pod's /etc files and shm, for container specs.
+pub fn pod_files(dir: &Path, shm: Option<&PathBuf>) -> super::spec::PodFiles {
+    super::spec::PodFiles {
+        hosts: dir.join("hosts"),
+        resolv_conf: dir.join("resolv.conf"),
+        hostname: dir.join("hostname"),
+        shm: shm.cloned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_sources() {
+        let host = "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp\n";
+        assert_eq!(resolv_conf(None, false, host), "nameserver 10.0.0.2\nsearch corp\n");
+        assert_eq!(resolv_conf(None, true, host), host);
+        let dns = cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns), false, host),
+            "nameserver 10.96.0.10\nsearch ns.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
+        );
+    }
+
+    #[test]
+    fn qos_tiers() {
+        assert_eq!(qos_dir(None), "besteffort");
+        let burst = cri::LinuxContainerResources {
+            cpu_shares: 512,
+            ..Default::default()
+        };
+        assert_eq!(qos_dir(Some(&burst)), "burstable");
+        let guaranteed = cri::LinuxContainerResources {
+            cpu_quota: 50_000,
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        };
+        assert_eq!(qos_dir(Some(&guaranteed)), "");
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(valid_hostname("web-0"));
+        assert!(valid_hostname("a.b.c"));
+        for bad in ["", "-x", "x-", "a_b", "a..b", &"x".repeat(65)] {
+            assert!(!valid_hostname(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn start_time_of_self() {
+        assert!(process_start_time(std::process::id() as i32).is_some());
+        assert!(process_start_time(i32::MAX).is_none());
+    }
+}
