@@ -33,7 +33,10 @@ impl Daemon {
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("config.toml");
         let log_path = dir.path().join("nodelet.log");
-        let cgroup_parent = format!("/nodelet-test-{}", &dir.path().file_name().unwrap().to_string_lossy()[11..]);
+        let cgroup_parent = format!(
+            "/nodelet-test-{}",
+            &dir.path().file_name().unwrap().to_string_lossy()[11..]
+        );
         // The daemon re-parents pod infra processes to itself; if it dies
         // they come to us (not to this VM's PID 1, which never reaps).
         // SAFETY: prctl with integer arguments only.
@@ -151,6 +154,27 @@ impl Drop for Daemon {
         self.terminate();
         if std::thread::panicking() {
             eprintln!("---- nodelet log ({}) ----\n{}", self.log_path.display(), self.log());
+            for e in std::fs::read_dir(self.state_dir.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let log = std::fs::read_to_string(e.path().join("infra.log")).unwrap_or_default();
+                if !log.is_empty() {
+                    eprintln!("---- infra log of pod {} ----\n{log}", e.file_name().to_string_lossy());
+                }
+            }
+            for f in list_tree(&self.dir.path().join("logs"))
+                .iter()
+                .filter(|f| f.ends_with(".log"))
+            {
+                let text = std::fs::read_to_string(self.dir.path().join("logs").join(f)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                eprintln!("---- container log {f} (last lines) ----");
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
         }
         // Whatever the test left running: kill it through the test's cgroup
         // subtree, unmount what is mounted under the test directory, reap

@@ -233,13 +233,32 @@ impl World {
             }
         }
         assert!(tasks.is_empty(), "tasks left in cgroups: {tasks:?}");
-        let leftover: Vec<_> = cgroups.iter().flat_map(|d| walk(d).into_iter().skip(1)).collect();
+        // The QoS tier directories stay, as the kubelet keeps them.
+        let leftover: Vec<_> = cgroups
+            .iter()
+            .flat_map(|d| {
+                walk(d)
+                    .into_iter()
+                    .skip(1)
+                    .filter(|p| {
+                        !matches!(
+                            p.strip_prefix(d).ok().and_then(|r| r.to_str()),
+                            Some("besteffort" | "burstable")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
         let mounts = crate::cleanup::mounts_below(self.daemon.dir.path());
         assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-        let containers = std::fs::read_dir(self.daemon.root_dir.join("containers")).map(|d| d.count()).unwrap_or(0);
+        let containers = std::fs::read_dir(self.daemon.root_dir.join("containers"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         assert_eq!(containers, 0, "container directories left");
-        let pods = std::fs::read_dir(self.daemon.state_dir.join("pods")).map(|d| d.count()).unwrap_or(0);
+        let pods = std::fs::read_dir(self.daemon.state_dir.join("pods"))
+            .map(|d| d.count())
+            .unwrap_or(0);
         assert_eq!(pods, 0, "pod state directories left");
     }
 }

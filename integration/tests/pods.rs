@@ -23,7 +23,10 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
         options: vec!["ndots:5".into()],
     });
     pod.linux = Some(api::LinuxPodSandboxConfig {
-        sysctls: sysctls(&[("net.ipv4.ip_unprivileged_port_start", "80"), ("kernel.shmmax", "65536")]),
+        sysctls: sysctls(&[
+            ("net.ipv4.ip_unprivileged_port_start", "80"),
+            ("kernel.shmmax", "65536"),
+        ]),
         ..Default::default()
     });
     let id = w.run_pod(pod.clone()).await;
@@ -43,15 +46,24 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
         w.sh(&c, "cat /etc/resolv.conf").await,
         "nameserver 10.96.0.10\nsearch default.svc.cluster.local\noptions ndots:5\n"
     );
-    assert_eq!(w.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start").await, "80\n");
+    assert_eq!(
+        w.sh(&c, "cat /proc/sys/net/ipv4/ip_unprivileged_port_start").await,
+        "80\n"
+    );
     assert_eq!(w.sh(&c, "cat /proc/sys/kernel/shmmax").await, "65536\n");
     // Its own network namespace, loopback up and nothing else.
     assert_eq!(w.sh(&c, "ls /sys/class/net").await, "lo\n");
-    assert!(w.sh(&c, "cat /sys/class/net/lo/operstate; cat /sys/class/net/lo/flags").await.contains("0x9"));
+    assert!(w
+        .sh(&c, "cat /sys/class/net/lo/operstate; cat /sys/class/net/lo/flags")
+        .await
+        .contains("0x9"));
     // PID mode POD (the default): the infra is PID 1 of the pod.
     assert_eq!(w.sh(&c, "cat /proc/1/comm").await, "nodelet-infra\n");
     // The host's sysctl is untouched.
-    assert_ne!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(), "80\n");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(),
+        "80\n"
+    );
     // /etc/hostname and /etc/hosts come from the pod.
     assert_eq!(w.sh(&c, "cat /etc/hostname").await, "web\n");
     assert!(w.sh(&c, "cat /etc/hosts").await.contains("web"));
@@ -61,11 +73,15 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
     // ListPodSandbox filters.
     let other = w.run_pod(w.pod("other")).await;
     let list = |f: api::PodSandboxFilter| api::ListPodSandboxRequest { filter: Some(f) };
-    let items = w.rt.list_pod_sandbox(list(Default::default())).await.unwrap().into_inner().items;
+    let items =
+        w.rt.list_pod_sandbox(list(Default::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
     assert_eq!(items.len(), 2);
-    let by_label = w
-        .rt
-        .list_pod_sandbox(list(api::PodSandboxFilter {
+    let by_label =
+        w.rt.list_pod_sandbox(list(api::PodSandboxFilter {
             label_selector: HashMap::from([("app".into(), "web".into())]),
             ..Default::default()
         }))
@@ -75,9 +91,8 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
         .items;
     assert_eq!(by_label.len(), 1);
     assert_eq!(by_label[0].id, id);
-    let by_prefix = w
-        .rt
-        .list_pod_sandbox(list(api::PodSandboxFilter {
+    let by_prefix =
+        w.rt.list_pod_sandbox(list(api::PodSandboxFilter {
             id: other[..12].to_string(),
             ..Default::default()
         }))
@@ -91,10 +106,12 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
     let st = w.pod_status(&id).await;
     assert_eq!(st.state, api::PodSandboxState::SandboxNotready as i32);
     assert_eq!(w.status(&c).await.state, api::ContainerState::ContainerExited as i32);
-    assert!(std::fs::metadata(format!("/proc/{infra}")).is_err(), "infra gone after stop");
-    let notready = w
-        .rt
-        .list_pod_sandbox(list(api::PodSandboxFilter {
+    assert!(
+        std::fs::metadata(format!("/proc/{infra}")).is_err(),
+        "infra gone after stop"
+    );
+    let notready =
+        w.rt.list_pod_sandbox(list(api::PodSandboxFilter {
             state: Some(api::PodSandboxStateValue {
                 state: api::PodSandboxState::SandboxNotready as i32,
             }),
@@ -110,9 +127,8 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
     w.remove_pod(&id).await;
     w.remove_pod(&other).await;
     w.remove_pod(&id).await;
-    let err = w
-        .rt
-        .pod_sandbox_status(api::PodSandboxStatusRequest {
+    let err =
+        w.rt.pod_sandbox_status(api::PodSandboxStatusRequest {
             pod_sandbox_id: id.clone(),
             verbose: false,
         })
@@ -148,7 +164,11 @@ async fn container_logs_exit_codes_and_status() {
             let mut p = l.splitn(4, ' ');
             let ts = p.next().unwrap();
             assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
-            (p.next().unwrap().into(), p.next().unwrap().into(), p.next().unwrap_or("").into())
+            (
+                p.next().unwrap().into(),
+                p.next().unwrap().into(),
+                p.next().unwrap_or("").into(),
+            )
         })
         .collect();
     let stdout: Vec<_> = records.iter().filter(|r| r.0 == "stdout").collect();
@@ -171,11 +191,15 @@ async fn container_logs_exit_codes_and_status() {
 
     // ListContainers filters.
     let list = |f: api::ContainerFilter| api::ListContainersRequest { filter: Some(f) };
-    let all = w.rt.list_containers(list(Default::default())).await.unwrap().into_inner().containers;
+    let all =
+        w.rt.list_containers(list(Default::default()))
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
     assert_eq!(all.len(), 2);
-    let by_label = w
-        .rt
-        .list_containers(list(api::ContainerFilter {
+    let by_label =
+        w.rt.list_containers(list(api::ContainerFilter {
             label_selector: HashMap::from([("container".into(), "ok".into())]),
             ..Default::default()
         }))
@@ -185,9 +209,8 @@ async fn container_logs_exit_codes_and_status() {
         .containers;
     assert_eq!(by_label.len(), 1);
     assert_eq!(by_label[0].id, ok);
-    let by_pod = w
-        .rt
-        .list_containers(list(api::ContainerFilter {
+    let by_pod =
+        w.rt.list_containers(list(api::ContainerFilter {
             pod_sandbox_id: id[..10].to_string(),
             state: Some(api::ContainerStateValue {
                 state: api::ContainerState::ContainerExited as i32,
@@ -201,11 +224,18 @@ async fn container_logs_exit_codes_and_status() {
     assert_eq!(by_pod.len(), 2);
 
     // Remove one container: its root is unmounted, its directory gone.
-    w.rt.remove_container(api::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
-    w.rt.remove_container(api::RemoveContainerRequest { container_id: c.clone() }).await.unwrap();
-    let err = w
-        .rt
-        .container_status(api::ContainerStatusRequest {
+    w.rt.remove_container(api::RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
+    w.rt.remove_container(api::RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
+    let err =
+        w.rt.container_status(api::ContainerStatusRequest {
             container_id: c.clone(),
             verbose: false,
         })
@@ -225,7 +255,11 @@ async fn stop_with_grace_then_kill() {
     let id = w.run_pod(pod.clone()).await;
     // Exits on SIGTERM.
     let polite = w
-        .run(&id, &pod, w.container("polite", "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"))
+        .run(
+            &id,
+            &pod,
+            w.container("polite", "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"),
+        )
         .await;
     let t = Instant::now();
     w.rt.stop_container(api::StopContainerRequest {
@@ -236,9 +270,14 @@ async fn stop_with_grace_then_kill() {
     .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
     let st = w.status(&polite).await;
-    assert_eq!((st.state, st.exit_code), (api::ContainerState::ContainerExited as i32, 0));
+    assert_eq!(
+        (st.state, st.exit_code),
+        (api::ContainerState::ContainerExited as i32, 0)
+    );
     // Ignores SIGTERM: killed after the timeout.
-    let stubborn = w.run(&id, &pod, w.container("stubborn", "trap '' TERM; sleep 1000")).await;
+    let stubborn = w
+        .run(&id, &pod, w.container("stubborn", "trap '' TERM; sleep 1000"))
+        .await;
     let t = Instant::now();
     w.rt.stop_container(api::StopContainerRequest {
         container_id: stubborn.clone(),
@@ -247,7 +286,10 @@ async fn stop_with_grace_then_kill() {
     .await
     .unwrap();
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(6), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+        "took {took:?}"
+    );
     let st = w.status(&stubborn).await;
     assert_eq!(st.exit_code, 137, "SIGKILL");
     // Stopping a stopped container, or an unknown one, is fine.
@@ -281,13 +323,15 @@ async fn exec_sync_output_exit_codes_and_timeouts() {
     assert_eq!(r.stderr, b"err\n");
     assert_eq!(r.exit_code, 7);
     // The exec runs as the container does: same root, env and namespaces.
-    assert_eq!(w.sh(&c, "echo $PATH").await.trim(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    assert_eq!(
+        w.sh(&c, "echo $PATH").await.trim(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
     assert_eq!(w.sh(&c, "hostname").await, "exec\n");
     // A timeout kills the whole tree the exec started.
     let t = Instant::now();
-    let err = w
-        .rt
-        .exec_sync(api::ExecSyncRequest {
+    let err =
+        w.rt.exec_sync(api::ExecSyncRequest {
             container_id: c.clone(),
             cmd: vec!["sh".into(), "-c".into(), "sleep 300 & sleep 300".into()],
             timeout: 1,
@@ -300,9 +344,8 @@ async fn exec_sync_output_exit_codes_and_timeouts() {
     let ps = w.sh(&c, "ps -o pid,args").await;
     assert!(!ps.contains("sleep 300"), "exec children survived the timeout:\n{ps}");
     // A command that does not exist.
-    let err = w
-        .rt
-        .exec_sync(api::ExecSyncRequest {
+    let err =
+        w.rt.exec_sync(api::ExecSyncRequest {
             container_id: c.clone(),
             cmd: vec!["/no/such/binary".into()],
             timeout: 5,
@@ -315,9 +358,8 @@ async fn exec_sync_output_exit_codes_and_timeouts() {
     // Exec into a container that is not running.
     let done = w.run(&id, &pod, w.container("done", "exit 0")).await;
     w.wait_exit(&done, Duration::from_secs(10)).await;
-    let err = w
-        .rt
-        .exec_sync(api::ExecSyncRequest {
+    let err =
+        w.rt.exec_sync(api::ExecSyncRequest {
             container_id: done,
             cmd: vec!["true".into()],
             timeout: 5,
@@ -356,12 +398,31 @@ async fn users_security_context_and_read_only_root() {
     });
     let c2 = w.run(&id, &pod, as_user).await;
     let ids = w.sh(&c2, "id").await;
-    assert!(ids.contains("uid=1000") && ids.contains("3000") && ids.contains("2000"), "{ids}");
+    assert!(
+        ids.contains("uid=1000") && ids.contains("3000") && ids.contains("2000"),
+        "{ids}"
+    );
     let r = w.exec(&c2, &["sh", "-c", "touch /newfile"]).await;
     assert_ne!(r.exit_code, 0, "read-only root");
-    assert!(String::from_utf8_lossy(&r.stderr).contains("Read-only"), "{:?}", String::from_utf8_lossy(&r.stderr));
-    assert_eq!(w.sh(&c2, "grep CapEff /proc/self/status").await.split_whitespace().nth(1), Some("0000000000000000"));
-    assert_eq!(w.sh(&c2, "grep NoNewPrivs /proc/self/status").await.split_whitespace().nth(1), Some("1"));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("Read-only"),
+        "{:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        w.sh(&c2, "grep CapEff /proc/self/status")
+            .await
+            .split_whitespace()
+            .nth(1),
+        Some("0000000000000000")
+    );
+    assert_eq!(
+        w.sh(&c2, "grep NoNewPrivs /proc/self/status")
+            .await
+            .split_whitespace()
+            .nth(1),
+        Some("1")
+    );
     // The writable layer of a normal container takes writes.
     let c3 = w.run(&id, &pod, w.container("rw", "sleep 1000")).await;
     assert_eq!(w.sh(&c3, "echo hi > /data.txt; cat /data.txt").await, "hi\n");
@@ -408,7 +469,10 @@ async fn resources_cgroups_and_update() {
     })
     .await
     .unwrap();
-    assert_eq!(std::fs::read_to_string(&mem).unwrap().trim(), (128u64 << 20).to_string());
+    assert_eq!(
+        std::fs::read_to_string(&mem).unwrap().trim(),
+        (128u64 << 20).to_string()
+    );
     let st = w.status(&c).await;
     assert_eq!(st.resources.unwrap().linux.unwrap().memory_limit_in_bytes, 128 << 20);
     // Invalid values are refused with the field named.
@@ -525,9 +589,8 @@ async fn pid_namespace_modes_and_host_network() {
         security_context: pod.linux.as_ref().unwrap().security_context.clone(),
         ..Default::default()
     });
-    let err = w
-        .rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
+    let err =
+        w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
             config: Some(bad),
             runtime_handler: String::new(),
         })
@@ -545,9 +608,8 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     let pod = w.pod("bad");
     let id = w.run_pod(pod.clone()).await;
     // A duplicate pod name.
-    let err = w
-        .rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
+    let err =
+        w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
             config: Some(pod.clone()),
             runtime_handler: String::new(),
         })
@@ -556,7 +618,11 @@ async fn bad_input_is_refused_and_leaves_nothing() {
     assert_eq!(err.code(), Code::AlreadyExists);
     // Unknown IDs.
     for e in [
-        w.rt.start_container(api::StartContainerRequest { container_id: "nope".into() }).await.unwrap_err(),
+        w.rt.start_container(api::StartContainerRequest {
+            container_id: "nope".into(),
+        })
+        .await
+        .unwrap_err(),
         w.rt.container_status(api::ContainerStatusRequest {
             container_id: "nope".into(),
             verbose: false,
@@ -624,21 +690,34 @@ async fn reopen_log_after_rotation() {
     let pod = w.pod("rotate");
     let id = w.run_pod(pod.clone()).await;
     let c = w
-        .run(&id, &pod, w.container("ticker", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done"))
+        .run(
+            &id,
+            &pod,
+            w.container(
+                "ticker",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+            ),
+        )
         .await;
     let log = w.logs_dir().join("rotate/ticker/0.log");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
-    w.rt.reopen_container_log(api::ReopenContainerLogRequest { container_id: c.clone() })
-        .await
-        .unwrap();
+    w.rt.reopen_container_log(api::ReopenContainerLogRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let new = std::fs::read_to_string(&log).expect("a new log file");
     assert!(new.lines().count() >= 2, "{new}");
     let old_len = std::fs::metadata(&rotated).unwrap().len();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(std::fs::metadata(&rotated).unwrap().len(), old_len, "nothing more goes to the rotated file");
+    assert_eq!(
+        std::fs::metadata(&rotated).unwrap().len(),
+        old_len,
+        "nothing more goes to the rotated file"
+    );
     w.remove_pod(&id).await;
     w.assert_no_leaks();
 }
@@ -674,7 +753,12 @@ async fn kill_9_with_20_pods_running() {
     w.rt = rt;
     w.images = images;
 
-    let listed = w.rt.list_pod_sandbox(api::ListPodSandboxRequest::default()).await.unwrap().into_inner().items;
+    let listed =
+        w.rt.list_pod_sandbox(api::ListPodSandboxRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
     assert_eq!(listed.len(), 20, "every pod listed once");
     for (n, (id, c)) in pods.iter().enumerate() {
         let st = w.pod_status(id).await;
@@ -699,11 +783,16 @@ async fn kill_9_with_20_pods_running() {
             let ts = l.split(' ').next().unwrap_or("");
             // Compare at second granularity via the formatted prefix.
             ts > nodelet::infra::log::rfc3339_nano(std::time::UNIX_EPOCH + Duration::from_secs(down_secs + 1)).as_str()
-                && ts < nodelet::infra::log::rfc3339_nano(std::time::UNIX_EPOCH + Duration::from_secs(down_secs + 2)).as_str()
+                && ts
+                    < nodelet::infra::log::rfc3339_nano(std::time::UNIX_EPOCH + Duration::from_secs(down_secs + 2))
+                        .as_str()
         })
         .count();
     assert!(during >= 5, "log lines written while the daemon was down: {during}");
-    assert_eq!(nodelet_integration::cleanup::processes_named("nodelet-infra").len() >= 20, true);
+    assert_eq!(
+        nodelet_integration::cleanup::processes_named("nodelet-infra").len() >= 20,
+        true
+    );
     // A running container still answers exec after the restart.
     let c1 = pods[1].1.clone();
     assert_eq!(w.sh(&c1, "echo alive").await, "alive\n");

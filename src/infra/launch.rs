@@ -10,7 +10,9 @@
 //! subreaper, which reaps it.
 //!
 //! The helper reports on a `SOCK_SEQPACKET` pair: `OK <pid>` (with the pty
-//! master attached for a tty container) or `ERR <message>`.
+//! master attached for a tty container) or `ERR <message>`. The PID is in
+//! the infra's PID namespace (the pod's, in PID mode POD); the infra
+//! translates it to the host's for the daemon (`host_pid`).
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -48,8 +50,12 @@ pub enum Outcome {
 }
 
 /// Fork the helper. Returns its pid and the infra's end of the report
-/// socket.
-pub fn spawn(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(Pid, OwnedFd), String> {
+/// socket. `pod_proc`: the infra is in the pod's own PID namespace, so the
+/// helper mounts a procfs of that namespace over `/proc` in a private
+/// mount namespace: libcontainer looks processes up as `/proc/<pid>` with
+/// PIDs of its own namespace, which the host's procfs would resolve to
+/// other processes.
+pub fn spawn(job: Job, runtime_root: &Path, stdio: Stdio, pod_proc: bool) -> Result<(Pid, OwnedFd), String> {
     let (ours, theirs) = socket::socketpair(
         socket::AddressFamily::Unix,
         socket::SockType::SeqPacket,
@@ -66,7 +72,14 @@ pub fn spawn(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(Pid, OwnedF
         }
         ForkResult::Child => {
             drop(ours);
-            let (text, fd) = match run(job, runtime_root, stdio) {
+            // libcontainer reports the cause of a failure through `tracing`;
+            // send it to the pod's infra log (our stderr).
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_max_level(tracing::Level::ERROR)
+                .try_init();
+            let (text, fd) = match prepare_child(pod_proc).and_then(|()| run(job, runtime_root, stdio)) {
                 Ok((pid, pty)) => (format!("OK {pid}"), pty),
                 Err(e) => (format!("ERR {e}"), None),
             };
@@ -76,6 +89,61 @@ pub fn spawn(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(Pid, OwnedF
             unsafe { libc::_exit(0) }
         }
     }
+}
+
+/// Undo what the infra set for itself that a container must not inherit
+/// (blocked signals, an ignored SIGPIPE) and give libcontainer a procfs of
+/// our PID namespace.
+fn prepare_child(pod_proc: bool) -> Result<(), String> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    SigSet::empty()
+        .thread_set_mask()
+        .map_err(|e| format!("unblock signals: {e}"))?;
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    // SAFETY: restoring the default disposition; we are single-threaded.
+    unsafe { sigaction(Signal::SIGPIPE, &default) }.map_err(|e| format!("reset SIGPIPE: {e}"))?;
+    if pod_proc {
+        use nix::mount::{mount, MsFlags};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("unshare mount namespace: {e}"))?;
+        // Private first, or the new /proc would propagate to the host's.
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("make mounts private: {e}"))?;
+        mount(
+            Some("proc"),
+            "/proc",
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("mount the pod's procfs: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The host's PID of a process we see as `pid`: a pidfd's fdinfo reports
+/// it in the PID namespace of the procfs it is read from, and the infra's
+/// `/proc` is the host's.
+pub fn host_pid(pid: i32) -> Result<i32, String> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        return Err(format!("pidfd_open({pid}): {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the syscall just returned this descriptor; we own it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", owned.as_raw_fd()))
+        .map_err(|e| format!("read pidfd fdinfo: {e}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no Pid in pidfd fdinfo for {pid}"))
 }
 
 fn run(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(i32, Option<OwnedFd>), String> {

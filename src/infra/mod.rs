@@ -132,11 +132,14 @@ fn setup(dir: &Path) -> Result<UnixListener, String> {
         std::fs::write(&path, value.as_bytes()).map_err(|e| format!("sysctl {key}={value}: {e}"))?;
     }
 
-    let sock = dir.join(SOCKET);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).map_err(|e| format!("listen on {}: {e}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", sock.display()))?;
+    // Bind by a relative name from inside the directory: sun_path holds
+    // only 108 bytes and state directories can be long. We are the only
+    // thread, so changing directory affects nothing else.
+    std::env::set_current_dir(dir).map_err(|e| format!("chdir {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(SOCKET);
+    let listener = UnixListener::bind(SOCKET).map_err(|e| format!("listen on {}/{SOCKET}: {e}", dir.display()))?;
+    std::fs::set_permissions(SOCKET, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| format!("chmod {SOCKET}: {e}"))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("nonblocking listener: {e}"))?;

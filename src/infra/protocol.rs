@@ -82,6 +82,10 @@ pub struct ContainerStatus {
     pub id: String,
     /// Host PID of the container's init while it runs.
     pub pid: Option<i32>,
+    /// The same process as the infra sees it (its PID namespace may be the
+    /// pod's); only the infra uses it.
+    #[serde(default)]
+    pub local_pid: Option<i32>,
     /// Unix nanoseconds.
     pub started_at: i64,
     pub finished_at: i64,

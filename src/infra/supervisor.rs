@@ -104,6 +104,8 @@ struct Waiter {
 
 struct Sup {
     runtime_root: PathBuf,
+    /// The infra is PID 1 of the pod's own PID namespace.
+    pod_pid_ns: bool,
     epoll: Epoll,
     listener: UnixListener,
     sigfd: SignalFd,
@@ -151,6 +153,7 @@ pub fn run(dir: &Path, listener: UnixListener) -> u8 {
     }
     let mut sup = Sup {
         runtime_root: cfg.runtime_root,
+        pod_pid_ns: cfg.new_pid,
         epoll,
         listener,
         sigfd,
@@ -375,6 +378,7 @@ impl Sup {
         c.status.exit_code = Some(code);
         c.status.finished_at = now_nanos();
         c.status.pid = None;
+        c.status.local_pid = None;
         c.status.reason = if oom_kills(&c.spec.cgroup_dirs) > c.oom_baseline {
             "OOMKilled".into()
         } else if code == 0 {
@@ -510,7 +514,7 @@ impl Sup {
             Request::Signal { id, signal } => {
                 let resp = match self.containers.get(&id) {
                     None => error(format!("no container {id}")),
-                    Some(c) => match c.status.pid {
+                    Some(c) => match c.status.local_pid {
                         Some(pid) => match Signal::try_from(signal) {
                             Ok(sig) => match nix::sys::signal::kill(Pid::from_raw(pid), sig) {
                                 Ok(()) | Err(Errno::ESRCH) => Response::Ok,
@@ -553,7 +557,7 @@ impl Sup {
             }
             Request::Forget { id } => {
                 if let Some(c) = self.containers.remove(&id) {
-                    if let Some(pid) = c.status.pid {
+                    if let Some(pid) = c.status.local_pid {
                         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                     }
                     let tokens: Vec<u64> = self
@@ -619,7 +623,7 @@ impl Sup {
                 bundle: spec.bundle.clone(),
                 tty: spec.tty,
             };
-            let (pid, sock) = launch::spawn(job, &self.runtime_root, stdio)?;
+            let (pid, sock) = launch::spawn(job, &self.runtime_root, stdio, self.pod_pid_ns)?;
             self.pids.insert(pid.as_raw(), PidRole::Helper);
             set_nonblocking(&sock);
             let helper_token = self.token();
@@ -694,6 +698,7 @@ impl Sup {
                     stdout: Some(out_w),
                     stderr: Some(err_w),
                 },
+                self.pod_pid_ns,
             )?;
             self.pids.insert(pid.as_raw(), PidRole::Helper);
             set_nonblocking(&sock);
@@ -767,12 +772,14 @@ impl Sup {
         let _ = self.epoll.delete(&helper.sock);
         match (helper.kind, outcome) {
             (HelperKind::Start { id }, Outcome::Started { pid, pty }) => {
+                let host_pid = launch::host_pid(pid).unwrap_or(pid);
                 self.pids.insert(pid, PidRole::Container(id.clone()));
                 if let Some(pty) = pty {
                     self.watch_output(pty, Owner::Container(id.clone()), Stream::Stdout);
                 }
                 if let Some(c) = self.containers.get_mut(&id) {
-                    c.status.pid = Some(pid);
+                    c.status.pid = Some(host_pid);
+                    c.status.local_pid = Some(pid);
                     c.status.started_at = now_nanos();
                     let _ = crate::fsutil::write_atomic(
                         &c.spec.status_path,
@@ -895,7 +902,7 @@ impl Sup {
         }
         self.shutdown = Some(client);
         for c in self.containers.values() {
-            if let Some(pid) = c.status.pid {
+            if let Some(pid) = c.status.local_pid {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
@@ -915,7 +922,7 @@ impl Sup {
         let running = self.containers.values().any(|c| c.status.running());
         if running || !self.helpers.is_empty() {
             for c in self.containers.values() {
-                if let Some(pid) = c.status.pid {
+                if let Some(pid) = c.status.local_pid {
                     let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }

@@ -147,7 +147,8 @@ impl Runtime {
         mounts::overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs)
             .map_err(io_err("mount the container's overlay root"))?;
 
-        let infra_ns = |ns: &str| PathBuf::from(format!("/proc/{}/ns/{ns}", pod.infra_pid));
+        let pod_dir = self.pod_state_dir(&pod.id);
+        let infra_ns = |ns: &str| pod_dir.join("ns").join(ns);
         let ctr_ns = config
             .linux
             .as_ref()
@@ -178,7 +179,11 @@ impl Runtime {
                             ctr_ns.target_id
                         ))
                     })?;
-                PidNamespace::Target(PathBuf::from(format!("/proc/{tpid}/ns/pid")))
+                // Pinned like the pod's, for the same reason.
+                let pinned = dir.join("target-pid-ns");
+                mounts::bind_file(&PathBuf::from(format!("/proc/{tpid}/ns/pid")), &pinned)
+                    .map_err(io_err("pin the target container's PID namespace"))?;
+                PidNamespace::Target(pinned)
             }
         };
         let namespaces = PodNamespaces {
@@ -187,7 +192,6 @@ impl Runtime {
             uts: (!pod.host_network).then(|| infra_ns("uts")),
             pid,
         };
-        let pod_dir = self.pod_state_dir(&pod.id);
         let pod_files = sandbox::pod_files(&pod_dir, pod.shm.as_ref());
         let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
         let built = spec::build(&SpecInput {
@@ -249,6 +253,7 @@ impl Runtime {
     /// Unmount and delete a container's directory.
     fn discard_container_dir(&self, id: &str) {
         let dir = self.container_dir(id);
+        let _ = mounts::unmount(&dir.join("target-pid-ns"));
         if let Err(e) = mounts::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %id, "unmount rootfs: {e}");
         }
@@ -318,6 +323,7 @@ impl Runtime {
                     reason: "StartError".into(),
                     message: e.to_string(),
                     pid: None,
+                    local_pid: None,
                 };
                 let _ = crate::fsutil::write_atomic(
                     &self.status_path(id),
@@ -420,6 +426,7 @@ impl Runtime {
                 .map_err(io_err("remove the container's runtime state"))?;
             let dir = rt.container_dir(&rec2.id);
             mounts::unmount(&dir.join("rootfs")).map_err(io_err("unmount the container's root"))?;
+            mounts::unmount(&dir.join("target-pid-ns")).map_err(io_err("unmount the target PID namespace"))?;
             crate::fsutil::remove_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
             Ok(())
         })

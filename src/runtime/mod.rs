@@ -137,6 +137,11 @@ impl Runtime {
                 .map(|s| s.trim() == "Y")
                 .unwrap_or(false),
             cgroup_v2: cgroups.v2,
+            cgroup_v1_hierarchies: if cgroups.v2 {
+                Vec::new()
+            } else {
+                cgroups.hierarchies.iter().map(|h| h.mount.clone()).collect()
+            },
         };
         for dir in [
             config.root_dir.join("pods"),

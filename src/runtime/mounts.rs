@@ -52,6 +52,18 @@ pub fn tmpfs(target: &Path, size_bytes: u64) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
+/// Bind `source` (a file) onto a new empty file at `target`: used to pin a
+/// process's namespace (`/proc/<pid>/ns/net`) to a stable path, as
+/// `ip netns add` does.
+pub fn bind_file(source: &Path, target: &Path) -> io::Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target)?;
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(io::Error::from)
+}
+
 /// Is something mounted exactly at `path`?
 pub fn is_mountpoint(path: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {

@@ -367,6 +367,17 @@ impl Runtime {
         let (pid, start_time) = tri!(spawn_infra(&dir).await);
         record.infra_pid = pid;
         record.infra_start_time = start_time;
+        // Pin the pod's namespaces to paths under its state directory.
+        // Container specs join these paths, which mean the same thing in
+        // the host's view and in the infra's helpers (whose /proc is the
+        // pod's), and a network plugin gets a netns path.
+        tri!(std::fs::create_dir_all(dir.join("ns")).map_err(io_err("create the pod's ns directory")));
+        for ns in pod_namespaces(host_network, host_ipc, pid_mode) {
+            tri!(
+                mounts::bind_file(&PathBuf::from(format!("/proc/{pid}/ns/{ns}")), &dir.join("ns").join(ns))
+                    .map_err(io_err(format!("pin the pod's {ns} namespace")))
+            );
+        }
         tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         self.watch_infra(record.id.clone(), pid);
         Ok(record)
@@ -477,6 +488,7 @@ impl Runtime {
         if let Some(shm) = &record.shm {
             mounts::unmount(shm).map_err(io_err("unmount the pod's /dev/shm"))?;
         }
+        unpin_namespaces(&dir);
         if record.ready {
             record.ready = false;
             records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record"))?;
@@ -605,6 +617,32 @@ async fn wait_gone(p: &SandboxRecord, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while infra_alive(p) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The namespaces a pod has of its own (and pins under `ns/`).
+pub fn pod_namespaces(host_network: bool, host_ipc: bool, pid_mode: i32) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if !host_network {
+        v.extend(["net", "uts"]);
+    }
+    if !host_ipc {
+        v.push("ipc");
+    }
+    if pid_mode == NS_POD {
+        v.push("pid");
+    }
+    v
+}
+
+/// Release the pod's pinned namespaces (the last reference to its network
+/// namespace once the infra is gone).
+fn unpin_namespaces(dir: &Path) {
+    for e in std::fs::read_dir(dir.join("ns")).into_iter().flatten().flatten() {
+        if let Err(e2) = mounts::unmount(&e.path()) {
+            tracing::warn!("unmount {}: {e2}", e.path().display());
+        }
+        let _ = std::fs::remove_file(e.path());
     }
 }
 
