@@ -363,7 +363,8 @@ fn busybox_layer() -> anyhow::Result<Vec<u8>> {
 /// - `test/layers`: gzip + zstd + uncompressed layers with a whiteout, an
 ///   opaque directory and a hard link;
 /// - `test/multiarch`: an index with this host's platform and two others;
-/// - `test/nonroot` (`User: 1000:1000`), `test/named-user` (`User: app`).
+/// - `test/nonroot` (`User: 1000:1000`), `test/named-user` (`User: app`);
+/// - `test/volume`: a `VOLUME /data` and `STOPSIGNAL SIGUSR1`.
 pub fn build_standard(out: &Path) -> anyhow::Result<Vec<TestImage>> {
     let base = busybox_layer()?;
     let mut images = Vec::new();
@@ -383,6 +384,11 @@ pub fn build_standard(out: &Path) -> anyhow::Result<Vec<TestImage>> {
     cfg["User"] = json!("app");
     let m = l.put_image(&ImageDef::new(vec![(base.clone(), Compression::Gzip)], cfg))?;
     l.tag("named-user", &m);
+    let mut cfg = default_config();
+    cfg["Volumes"] = json!({"/data": {}});
+    cfg["StopSignal"] = json!("SIGUSR1");
+    let m = l.put_image(&ImageDef::new(vec![(base.clone(), Compression::Gzip)], cfg))?;
+    l.tag("volume", &m);
     let layout = l.finish()?;
     images.push(image("test/busybox", "latest", &layout));
     images.push(image("library/busybox", "latest", &layout));
@@ -397,6 +403,10 @@ pub fn build_standard(out: &Path) -> anyhow::Result<Vec<TestImage>> {
     images.push(TestImage {
         tag: "named-user".into(),
         ..image("test/named-user", "latest", &layout)
+    });
+    images.push(TestImage {
+        tag: "volume".into(),
+        ..image("test/volume", "latest", &layout)
     });
 
     let dir = out.join("layers");

@@ -152,6 +152,20 @@ impl World {
         }
     }
 
+    /// Wait until the container's log (under the pod's log directory)
+    /// contains `needle`.
+    pub async fn wait_log(&self, rel: &str, needle: &str) {
+        let path = self.logs_dir().join(rel);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|l| l.contains(needle)) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} never showed {needle:?}", path.display());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn exec(&mut self, id: &str, cmd: &[&str]) -> api::ExecSyncResponse {
         self.rt
             .exec_sync(api::ExecSyncRequest {

@@ -258,9 +258,13 @@ async fn stop_with_grace_then_kill() {
         .run(
             &id,
             &pod,
-            w.container("polite", "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done"),
+            w.container(
+                "polite",
+                "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
+            ),
         )
         .await;
+    w.wait_log("stop/polite/0.log", "ready").await;
     let t = Instant::now();
     w.rt.stop_container(api::StopContainerRequest {
         container_id: polite.clone(),
@@ -276,8 +280,13 @@ async fn stop_with_grace_then_kill() {
     );
     // Ignores SIGTERM: killed after the timeout.
     let stubborn = w
-        .run(&id, &pod, w.container("stubborn", "trap '' TERM; sleep 1000"))
+        .run(
+            &id,
+            &pod,
+            w.container("stubborn", "trap '' TERM; echo ready; sleep 1000"),
+        )
         .await;
+    w.wait_log("stop/stubborn/0.log", "ready").await;
     let t = Instant::now();
     w.rt.stop_container(api::StopContainerRequest {
         container_id: stubborn.clone(),
@@ -796,5 +805,230 @@ async fn kill_9_with_20_pods_running() {
     for (id, _) in &pods {
         w.remove_pod(id).await;
     }
+    w.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn tty_seccomp_apparmor_and_zombies() {
+    let mut w = World::new(&[], "").await;
+    let pod = w.pod("sec2");
+    let id = w.run_pod(pod.clone()).await;
+
+    // A tty container: its output reaches the log as stdout.
+    let mut tty = w.container("tty", "echo hello-tty; sleep 1000");
+    tty.tty = true;
+    let t = w.run(&id, &pod, tty).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(w.logs_dir().join("sec2/tty/0.log")).unwrap();
+    assert!(log.contains(" stdout F hello-tty"), "{log}");
+    assert_eq!(
+        w.sh(&t, "[ -t 1 ] && echo tty || echo pipe").await,
+        "pipe\n",
+        "exec is not a tty"
+    );
+
+    // seccomp RuntimeDefault blocks creating a user namespace; unconfined
+    // does not.
+    let with = |profile: i32, localhost: &str| api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            seccomp: Some(api::SecurityProfile {
+                profile_type: profile,
+                localhost_ref: localhost.to_string(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut cfg = w.container("default", "sleep 1000");
+    cfg.linux = Some(with(api::security_profile::ProfileType::RuntimeDefault as i32, ""));
+    let d = w.run(&id, &pod, cfg).await;
+    let r = w.exec(&d, &["unshare", "-U", "true"]).await;
+    assert_ne!(r.exit_code, 0, "RuntimeDefault must block unshare(CLONE_NEWUSER)");
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("not permitted"),
+        "{:?}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        w.sh(&d, "grep Seccomp: /proc/self/status")
+            .await
+            .split_whitespace()
+            .nth(1),
+        Some("2")
+    );
+    let mut cfg = w.container("unconfined", "sleep 1000");
+    cfg.linux = Some(with(api::security_profile::ProfileType::Unconfined as i32, ""));
+    let u = w.run(&id, &pod, cfg).await;
+    assert_eq!(
+        w.sh(&u, "grep Seccomp: /proc/self/status")
+            .await
+            .split_whitespace()
+            .nth(1),
+        Some("0")
+    );
+
+    // A localhost profile: refuse mkdir.
+    let profile = w.daemon.path("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )
+    .unwrap();
+    let mut cfg = w.container("localhost", "sleep 1000");
+    cfg.linux = Some(with(
+        api::security_profile::ProfileType::Localhost as i32,
+        profile.to_str().unwrap(),
+    ));
+    let l = w.run(&id, &pod, cfg).await;
+    let r = w.exec(&l, &["mkdir", "/tmp/x"]).await;
+    assert_ne!(r.exit_code, 0);
+    assert!(String::from_utf8_lossy(&r.stderr).contains("not permitted"));
+    assert_eq!(w.sh(&l, "touch /tmp/file && echo ok").await, "ok\n");
+
+    // An AppArmor profile on a host without AppArmor.
+    if !std::path::Path::new("/sys/kernel/security/apparmor").exists() {
+        let mut cfg = w.container("apparmor", "true");
+        cfg.linux = Some(api::LinuxContainerConfig {
+            security_context: Some(api::LinuxContainerSecurityContext {
+                apparmor: Some(api::SecurityProfile {
+                    profile_type: api::security_profile::ProfileType::Localhost as i32,
+                    localhost_ref: "my-profile".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let err = w.create(&id, &pod, cfg).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("AppArmor"), "{}", err.message());
+    }
+
+    // Orphans of a container are reaped by the pod's infra (PID 1 of the
+    // pod), not left as zombies.
+    let z = w
+        .run(
+            &id,
+            &pod,
+            w.container("orphans", "while true; do (sleep 0.05 &); sleep 0.1; done"),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let states = w.sh(&z, "ps -o stat,comm | grep -c '^Z' || true").await;
+    assert_eq!(states.trim(), "0", "zombies in the pod");
+    w.remove_pod(&id).await;
+    w.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn pod_cgroups_qos_and_pod_limits() {
+    let mut w = World::new(&[], "").await;
+    let parent = w.daemon.cgroup_parent.clone();
+    let memory_dir = |path: &str| {
+        nodelet_integration::cleanup::cgroup_dirs(path)
+            .into_iter()
+            .find(|d| d.join("memory.limit_in_bytes").exists() || d.join("memory.max").exists())
+    };
+    // No resources: best effort.
+    let be = w.run_pod(w.pod("be")).await;
+    let infra = w.infra_pid(&be).await;
+    let be_cg = format!("{parent}/besteffort/pod{be}");
+    let dir = memory_dir(&be_cg).expect("best-effort pod cgroup");
+    assert!(std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap()
+        .contains(&infra.to_string()));
+    // Limits on both: guaranteed, directly under the parent, limits set
+    // (resources plus overhead).
+    let mut pod = w.pod("gu");
+    pod.linux = Some(api::LinuxPodSandboxConfig {
+        resources: Some(api::LinuxContainerResources {
+            memory_limit_in_bytes: 128 << 20,
+            cpu_quota: 100_000,
+            cpu_period: 100_000,
+            cpu_shares: 1024,
+            ..Default::default()
+        }),
+        overhead: Some(api::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let gu = w.run_pod(pod.clone()).await;
+    let dir = memory_dir(&format!("{parent}/pod{gu}")).expect("guaranteed pod cgroup");
+    let limit = std::fs::read_to_string(dir.join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(dir.join("memory.max")))
+        .unwrap();
+    assert_eq!(limit.trim(), (144u64 << 20).to_string());
+    // The container's cgroup nests in the pod's.
+    let c = w.run(&gu, &pod, w.container("app", "sleep 1000")).await;
+    assert!(memory_dir(&format!("{parent}/pod{gu}/{c}")).is_some());
+    let inside = w
+        .sh(
+            &c,
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
+        )
+        .await;
+    assert!(!inside.trim().is_empty());
+    // An explicit cgroup parent (what a kubelet sends) is used as is.
+    let mut pod = w.pod("explicit");
+    let explicit = format!("{parent}/kubepods/burstable/podexplicit");
+    pod.linux = Some(api::LinuxPodSandboxConfig {
+        cgroup_parent: explicit.clone(),
+        ..Default::default()
+    });
+    let ex = w.run_pod(pod).await;
+    let infra = w.infra_pid(&ex).await;
+    let dir = memory_dir(&explicit).expect("explicit cgroup");
+    assert!(std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap()
+        .contains(&infra.to_string()));
+    for p in [be, gu, ex] {
+        w.remove_pod(&p).await;
+    }
+    // The explicit parent's own directories belong to whoever named them
+    // (the kubelet keeps its kubepods tree); nodelet removed only the pod's.
+    assert!(memory_dir(&explicit).is_none(), "the pod's own cgroup is gone");
+    nodelet_integration::cleanup::cgroup_tree(&format!("{parent}/kubepods"));
+    w.assert_no_leaks();
+}
+
+#[tokio::test]
+async fn image_volumes_and_stop_signal() {
+    let mut w = World::new(&["test/volume"], "").await;
+    let pod = w.pod("vol");
+    let id = w.run_pod(pod.clone()).await;
+    let mut cfg = w.container(
+        "app",
+        "trap 'echo got-usr1; exit 0' USR1; echo ready; while true; do sleep 0.1; done",
+    );
+    cfg.image = spec(&w.registry.image("test/volume"));
+    let c = w.run(&id, &pod, cfg).await;
+    w.sh(&c, "echo persisted > /data/file").await;
+    w.wait_log("vol/app/0.log", "ready").await;
+    let volumes = w.daemon.root_dir.join("containers").join(&c).join("volumes");
+    let found: Vec<String> = nodelet_integration::daemon::list_tree(&volumes);
+    assert!(
+        found.iter().any(|p| p.ends_with("file")),
+        "volume content on the host: {found:?}"
+    );
+    let upper = nodelet_integration::daemon::list_tree(&w.daemon.root_dir.join("containers").join(&c).join("upper"));
+    assert!(
+        !upper.iter().any(|p| p.contains("data/file")),
+        "not in the writable layer: {upper:?}"
+    );
+    // The image's STOPSIGNAL (SIGUSR1) is what StopContainer sends first.
+    let t = Instant::now();
+    w.rt.stop_container(api::StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 20,
+    })
+    .await
+    .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(w.status(&c).await.exit_code, 0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let log = std::fs::read_to_string(w.logs_dir().join("vol/app/0.log")).unwrap();
+    assert!(log.contains("got-usr1"), "{log}");
+    w.remove_pod(&id).await;
     w.assert_no_leaks();
 }

@@ -40,6 +40,8 @@ pub enum Job {
         id: String,
         process: PathBuf,
         sub_cgroup: String,
+        /// The container's bundle: its seccomp profile applies to the exec.
+        bundle: PathBuf,
     },
 }
 
@@ -189,10 +191,17 @@ fn run(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(i32, Option<Owned
             id,
             process,
             sub_cgroup,
+            bundle,
         } => {
+            let spec: oci_spec::runtime::Spec = serde_json::from_slice(
+                &std::fs::read(bundle.join("config.json")).map_err(|e| format!("read the container's spec: {e}"))?,
+            )
+            .map_err(|e| format!("parse the container's spec: {e}"))?;
+            let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
             let builder = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(runtime_root)
-                .map_err(|e| format!("runtime root: {e}"))?;
+                .map_err(|e| format!("runtime root: {e}"))?
+                .with_executor(ExecWithSeccomp { seccomp });
             let pid = with_stdio(builder, stdio)
                 .as_tenant()
                 .with_process(Some(&process))
@@ -202,6 +211,40 @@ fn run(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(i32, Option<Owned
                 .map_err(|e| format!("exec: {e}"))?;
             Ok((pid.as_raw(), None))
         }
+    }
+}
+
+/// libcontainer 0.7's exec (tenant) rebuilds the spec's `linux` section
+/// without the container's seccomp profile, so an exec'd process would run
+/// unfiltered. This executor loads the container's profile as the last step
+/// before `execve`. Capabilities are already dropped by then, so the kernel
+/// requires no_new_privs to load a filter: exec'd processes of a container
+/// with a seccomp profile always run with no_new_privs (stricter than
+/// runc, never looser).
+#[derive(Clone)]
+struct ExecWithSeccomp {
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+}
+
+impl libcontainer::workload::Executor for ExecWithSeccomp {
+    fn exec(&self, spec: &oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorError> {
+        use libcontainer::workload::ExecutorError;
+        if let Some(profile) = &self.seccomp {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+                return Err(ExecutorError::Other(format!(
+                    "no_new_privs: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            libcontainer::seccomp::initialize_seccomp(profile)
+                .map_err(|e| ExecutorError::Other(format!("load the container's seccomp profile: {e}")))?;
+        }
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &oci_spec::runtime::Spec) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
 }
 

@@ -62,6 +62,8 @@ pub enum Request {
         id: String,
         /// An OCI `process` JSON file for libcontainer's tenant builder.
         process: PathBuf,
+        /// The container's bundle (for its seccomp profile).
+        bundle: PathBuf,
         timeout_ms: Option<u64>,
         /// Output beyond this many bytes per stream is dropped.
         max_output: usize,

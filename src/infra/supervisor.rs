@@ -539,9 +539,10 @@ impl Sup {
             Request::Exec {
                 id,
                 process,
+                bundle,
                 timeout_ms,
                 max_output,
-            } => self.exec(id, process, timeout_ms, max_output, client),
+            } => self.exec(id, process, bundle, timeout_ms, max_output, client),
             Request::ReopenLog { id } => {
                 let resp = match self.containers.get_mut(&id) {
                     None => error(format!("no container {id}")),
@@ -667,7 +668,15 @@ impl Sup {
         }
     }
 
-    fn exec(&mut self, id: String, process: PathBuf, timeout_ms: Option<u64>, max: usize, client: UnixStream) {
+    fn exec(
+        &mut self,
+        id: String,
+        process: PathBuf,
+        bundle: PathBuf,
+        timeout_ms: Option<u64>,
+        max: usize,
+        client: UnixStream,
+    ) {
         let Some(c) = self.containers.get(&id) else {
             return reply(client, &error(format!("no container {id}")));
         };
@@ -691,6 +700,7 @@ impl Sup {
                     id: id.clone(),
                     process,
                     sub_cgroup: sub.clone(),
+                    bundle,
                 },
                 &self.runtime_root,
                 launch::Stdio {

@@ -531,6 +531,7 @@ impl Runtime {
             &Request::Exec {
                 id: id.to_string(),
                 process: process_file.clone(),
+                bundle: dir.clone(),
                 timeout_ms,
                 max_output: EXEC_MAX_OUTPUT,
             },

@@ -546,18 +546,23 @@ async fn spawn_infra(dir: &Path) -> Result<(i32, u64)> {
         .stdout
         .take()
         .ok_or_else(|| RuntimeError::Internal("infra stdout".into()))?;
+    // "PID" comes from the first process and "READY" from the infra it
+    // forked: either may arrive first.
     let handshake = async {
         let mut lines = BufReader::new(stdout).lines();
-        let mut pid = None;
+        let (mut pid, mut ready) = (None, false);
         while let Some(line) = lines.next_line().await.map_err(io_err("read the infra handshake"))? {
             if let Some(p) = line.strip_prefix("PID ") {
                 pid = p.trim().parse::<i32>().ok();
             } else if line == "READY" {
-                return pid.ok_or_else(|| RuntimeError::Internal("infra said READY without a PID".into()));
+                ready = true;
             } else if let Some(why) = line.strip_prefix("ERROR ") {
                 return Err(RuntimeError::FailedPrecondition(format!(
                     "setting up the pod failed: {why}"
                 )));
+            }
+            if let (Some(p), true) = (pid, ready) {
+                return Ok(p);
             }
         }
         Err(RuntimeError::Internal("the infra process exited during set-up".into()))

@@ -288,7 +288,12 @@ pub fn build(input: &SpecInput) -> Result<BuiltSpec, SpecError> {
     process.set_capabilities(Some(caps));
     // No rlimits: the container inherits nodelet's (containerd ≥ 2.0).
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(sc.is_some_and(|s| s.no_new_privs)));
+    // Only `Some(true)` or absent: libcontainer 0.7 treats any `Some` as
+    // "no_new_privs is set" and then loads the seccomp filter after
+    // dropping capabilities, which the kernel refuses (EACCES) unless the
+    // flag really is set. Absent, it loads the filter while still
+    // privileged, as runc does.
+    process.set_no_new_privileges(sc.is_some_and(|s| s.no_new_privs).then_some(true));
     process.set_apparmor_profile(apparmor);
     process.set_oom_score_adj(oom_score_adj.map(|v| v as i32));
     process.set_selinux_label(None);
@@ -2488,7 +2493,7 @@ mod tests {
         assert_eq!(linux(&b).masked_paths().clone().unwrap(), strs(&DEFAULT_MASKED_PATHS));
         let c = process(&b).capabilities().as_ref().unwrap();
         assert_eq!(caps(c.bounding()), sorted(&DEFAULT_CAPABILITIES));
-        assert_eq!(process(&b).no_new_privileges(), Some(false));
+        assert_eq!(process(&b).no_new_privileges(), None);
     }
 
     /// The full spec survives a JSON round trip and passes the checks
