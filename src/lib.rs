@@ -11,3 +11,11 @@ pub mod infra;
 pub mod logging;
 pub mod node;
 pub mod runtime;
+
+/// Now, as Unix nanoseconds (the CRI's timestamps).
+pub fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

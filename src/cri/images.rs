@@ -101,7 +101,7 @@ pub fn remove_image(images: &ImageService, req: cri::RemoveImageRequest) -> Resu
 pub fn image_fs_info(images: &ImageService) -> Result<cri::ImageFsInfoResponse, Status> {
     let (bytes, inodes, mountpoint) = images.fs_usage();
     let usage = cri::FilesystemUsage {
-        timestamp: now_nanos(),
+        timestamp: crate::unix_nanos(),
         fs_id: Some(cri::FilesystemIdentifier {
             mountpoint: mountpoint.display().to_string(),
         }),
@@ -148,13 +148,6 @@ fn user_from_image(user: &str) -> (Option<i64>, String) {
         Ok(uid) => (Some(uid), String::new()),
         Err(_) => (None, user.to_string()),
     }
-}
-
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub fn status(rt: &Runtime, req: cri::PodSandboxStatusRequest) -> Result<cri::Po
         }),
         info,
         containers_statuses: Vec::new(),
-        timestamp: crate::cri::images::now_nanos(),
+        timestamp: crate::unix_nanos(),
     })
 }
 

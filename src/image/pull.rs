@@ -150,7 +150,7 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
         index_digest: index.as_ref().map(|i| i.digest.clone()),
         size: config_size + layers.iter().map(|l| l.size).sum::<u64>(),
         layers,
-        pulled_at: now_nanos(),
+        pulled_at: crate::unix_nanos(),
     };
     let store = Arc::clone(&svc.store);
     let record = tokio::task::spawn_blocking(move || {
@@ -579,13 +579,6 @@ async fn download_and_unpack(
         Ok(Err(e)) => fail(LayerFailure::Fatal(e.into())).await,
         Err(e) => fail(LayerFailure::Fatal(ImageError::Internal(e.to_string()))).await,
     }
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

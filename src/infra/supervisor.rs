@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use nix::errno::Errno;
@@ -171,13 +171,6 @@ pub fn run(dir: &Path, listener: UnixListener) -> u8 {
     sup.run()
 }
 
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 fn set_nonblocking(fd: &impl AsRawFd) {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     if let Ok(flags) = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL) {
@@ -236,6 +229,26 @@ impl Sup {
     fn token(&mut self) -> u64 {
         self.next_token += 1;
         self.next_token
+    }
+
+    /// Watch a start helper's report socket and reap it when it exits.
+    fn track_helper(&mut self, pid: Pid, sock: OwnedFd, kind: HelperKind) -> u64 {
+        self.pids.insert(pid.as_raw(), PidRole::Helper);
+        set_nonblocking(&sock);
+        let token = self.token();
+        let _ = self.epoll.add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, token));
+        self.sources.insert(token, Source::Helper(token));
+        self.helpers.insert(
+            token,
+            Helper {
+                pid,
+                sock,
+                kind,
+                client: None,
+                deadline: Instant::now() + HELPER_TIMEOUT,
+            },
+        );
+        token
     }
 
     /// Watch an output pipe (or pty master), taking ownership of it.
@@ -376,7 +389,7 @@ impl Sup {
     fn container_exited(&mut self, id: &str, code: i32) {
         let Some(c) = self.containers.get_mut(id) else { return };
         c.status.exit_code = Some(code);
-        c.status.finished_at = now_nanos();
+        c.status.finished_at = crate::unix_nanos();
         c.status.pid = None;
         c.status.local_pid = None;
         c.status.reason = if oom_kills(&c.spec.cgroup_dirs) > c.oom_baseline {
@@ -625,23 +638,7 @@ impl Sup {
                 tty: spec.tty,
             };
             let (pid, sock) = launch::spawn(job, &self.runtime_root, stdio, self.pod_pid_ns)?;
-            self.pids.insert(pid.as_raw(), PidRole::Helper);
-            set_nonblocking(&sock);
-            let helper_token = self.token();
-            let _ = self
-                .epoll
-                .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, helper_token));
-            self.sources.insert(helper_token, Source::Helper(helper_token));
-            self.helpers.insert(
-                helper_token,
-                Helper {
-                    pid,
-                    sock,
-                    kind: HelperKind::Start { id: spec.id.clone() },
-                    client: None,
-                    deadline: Instant::now() + HELPER_TIMEOUT,
-                },
-            );
+            let helper_token = self.track_helper(pid, sock, HelperKind::Start { id: spec.id.clone() });
             let oom_baseline = oom_kills(&spec.cgroup_dirs);
             self.containers.insert(
                 spec.id.clone(),
@@ -710,23 +707,7 @@ impl Sup {
                 },
                 self.pod_pid_ns,
             )?;
-            self.pids.insert(pid.as_raw(), PidRole::Helper);
-            set_nonblocking(&sock);
-            let helper_token = self.token();
-            let _ = self
-                .epoll
-                .add(&sock, EpollEvent::new(EpollFlags::EPOLLIN, helper_token));
-            self.sources.insert(helper_token, Source::Helper(helper_token));
-            self.helpers.insert(
-                helper_token,
-                Helper {
-                    pid,
-                    sock,
-                    kind: HelperKind::Exec { exec: exec_token },
-                    client: None,
-                    deadline: Instant::now() + HELPER_TIMEOUT,
-                },
-            );
+            self.track_helper(pid, sock, HelperKind::Exec { exec: exec_token });
             Ok(())
         })();
         match result {
@@ -790,7 +771,7 @@ impl Sup {
                 if let Some(c) = self.containers.get_mut(&id) {
                     c.status.pid = Some(host_pid);
                     c.status.local_pid = Some(pid);
-                    c.status.started_at = now_nanos();
+                    c.status.started_at = crate::unix_nanos();
                     let _ = crate::fsutil::write_atomic(
                         &c.spec.status_path,
                         &serde_json::to_vec(&c.status).unwrap_or_default(),

@@ -239,7 +239,7 @@ impl Runtime {
             config,
             image_id: details.record.id.clone(),
             image_ref,
-            created_at: crate::cri::images::now_nanos(),
+            created_at: crate::unix_nanos(),
             log_path,
             rootfs,
             cgroup,
@@ -318,7 +318,7 @@ impl Runtime {
                 let st = ContainerStatus {
                     id: id.to_string(),
                     started_at: 0,
-                    finished_at: crate::cri::images::now_nanos(),
+                    finished_at: crate::unix_nanos(),
                     exit_code: Some(128),
                     reason: "StartError".into(),
                     message: e.to_string(),

@@ -239,7 +239,7 @@ impl Runtime {
         });
         if st.running() {
             st.exit_code = Some(255);
-            st.finished_at = crate::cri::images::now_nanos();
+            st.finished_at = crate::unix_nanos();
             st.reason = "Unknown".into();
             st.message = "the pod's infra process exited while the container ran".into();
             st.pid = None;

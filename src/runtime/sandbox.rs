@@ -264,7 +264,7 @@ impl Runtime {
             name: name.clone(),
             config: config.clone(),
             runtime_handler: runtime_handler.to_string(),
-            created_at: crate::cri::images::now_nanos(),
+            created_at: crate::unix_nanos(),
             ready: true,
             infra_pid: 0,
             infra_start_time: 0,
