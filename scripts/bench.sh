@@ -2,6 +2,7 @@
 # Benchmarks: nodelet against containerd + runc (Debian's packages), same
 # work in the same run; prints medians and ratios. Not part of the test run.
 #   bench.sh [images SMALL_RUNS BIG_RUNS]
+#   bench.sh pods [RUNS]     pod/container lifecycle and memory per pod
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh test
@@ -10,5 +11,6 @@ what="${1:-images}"
 shift || true
 case "$what" in
   images) exec target/release/bench-images "$@" ;;
+  pods) exec target/release/bench-pods "$@" ;;
   *) echo "unknown benchmark $what" >&2; exit 2 ;;
 esac

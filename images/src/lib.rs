@@ -117,8 +117,10 @@ impl Layer {
         self
     }
 
-    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let mut h = Self::header(EntryType::Link, 0o644, 0, 0);
+    /// A hard link. `mode` should be the target's: tar readers ignore it,
+    /// but containerd's applier chmods the link, i.e. the target's inode.
+    pub fn hardlink(&mut self, path: &str, target: &str, mode: u32) -> &mut Self {
+        let mut h = Self::header(EntryType::Link, mode, 0, 0);
         self.tar.append_link(&mut h, path, target).expect("in-memory tar");
         self
     }
@@ -193,7 +195,7 @@ pub fn busybox_rootfs(layer: &mut Layer) -> anyhow::Result<()> {
     layer.dir("home/app/", 0o755);
     layer.file("bin/busybox", 0o755, &busybox);
     for a in &applets {
-        layer.hardlink(a, "bin/busybox");
+        layer.hardlink(a, "bin/busybox", 0o755);
     }
     layer.file(
         "etc/passwd",
@@ -423,7 +425,7 @@ pub fn build_standard(out: &Path) -> anyhow::Result<Vec<TestImage>> {
         .opaque("etc/odir")
         .file("etc/odir/fresh", 0o644, b"fresh\n")
         .file("etc/motd", 0o644, b"two\n")
-        .hardlink("etc/motd.hard", "etc/motd");
+        .hardlink("etc/motd.hard", "etc/motd", 0o644);
     let mut three = Layer::new();
     three
         .dir("data/", 0o755)

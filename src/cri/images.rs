@@ -75,7 +75,7 @@ pub fn image_status(images: &ImageService, req: cri::ImageStatusRequest) -> Resu
     let mut info = HashMap::new();
     if req.verbose {
         let verbose = serde_json::json!({
-            "imageSpec": details.config_json,
+            "imageSpec": images.config_json(&details.record)?,
             "manifestDigest": details.record.manifest_digest,
             "indexDigest": details.record.index_digest,
             "layers": details.record.layers,

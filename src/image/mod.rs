@@ -63,12 +63,11 @@ pub enum ImageError {
 }
 
 /// A resolved image with its parsed config, for container creation and
-/// verbose status.
+/// status.
 #[derive(Debug, Clone)]
 pub struct ImageDetails {
     pub record: ImageRecord,
     pub config: ImageConfiguration,
-    pub config_json: serde_json::Value,
 }
 
 pub struct ImageService {
@@ -145,12 +144,13 @@ impl ImageService {
             image: record.id.clone(),
             message: format!("stored image config does not parse: {e}"),
         })?;
-        let config_json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        Ok(ImageDetails {
-            record,
-            config,
-            config_json,
-        })
+        Ok(ImageDetails { record, config })
+    }
+
+    /// The image config exactly as stored (for verbose status).
+    pub fn config_json(&self, record: &ImageRecord) -> Result<serde_json::Value, ImageError> {
+        let bytes = self.store.read_blob(&record.id)?;
+        Ok(serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
     }
 
     pub fn list(&self) -> Vec<ImageRecord> {

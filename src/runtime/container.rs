@@ -72,18 +72,6 @@ impl Runtime {
             }
             Some(Path::new(&pod.config.log_directory).join(&config.log_path))
         };
-        let images = Arc::clone(&self.images);
-        let image_q = image.clone();
-        let details = tokio::task::spawn_blocking(move || -> Result<_> {
-            let rec = images.resolve(&image_q)?.ok_or_else(|| RuntimeError::NotFound {
-                kind: "image",
-                id: format!("{image_q} (pull it first)"),
-            })?;
-            Ok(images.details(rec)?)
-        })
-        .await
-        .map_err(|e| RuntimeError::Internal(e.to_string()))??;
-
         let pod_meta = pod.config.metadata.clone().unwrap_or_default();
         let name = format!(
             "{}_{}_{}_{}_{}",
@@ -100,13 +88,22 @@ impl Runtime {
             idx.names.insert(format!("ctr:{name}"), id.clone());
         }
         let _guard = self.lock(&id).await;
-        let layers: Vec<String> = details.record.layers.iter().map(|l| l.diff_id.clone()).collect();
-        self.images.store().pin(&format!("container:{id}"), layers.clone());
         let rt = Arc::clone(self);
         let id2 = id.clone();
-        let built = tokio::task::spawn_blocking(move || rt.prepare_container(&id2, &pod, config, details, log_path))
-            .await
-            .map_err(|e| RuntimeError::Internal(e.to_string()));
+        // One hop off the async workers for all the blocking work: image
+        // lookup, overlay mount, spec, record.
+        let built = tokio::task::spawn_blocking(move || {
+            let rec = rt.images.resolve(&image)?.ok_or_else(|| RuntimeError::NotFound {
+                kind: "image",
+                id: format!("{image} (pull it first)"),
+            })?;
+            let details = rt.images.details(rec)?;
+            let layers: Vec<String> = details.record.layers.iter().map(|l| l.diff_id.clone()).collect();
+            rt.images.store().pin(&format!("container:{id2}"), layers);
+            rt.prepare_container(&id2, &pod, config, details, log_path)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()));
         match built.and_then(|r| r) {
             Ok(record) => {
                 self.index.lock().expect("index").containers.insert(id.clone(), record);
@@ -209,7 +206,7 @@ impl Runtime {
         for v in &built.volumes {
             std::fs::create_dir_all(v).map_err(io_err(format!("create volume {}", v.display())))?;
         }
-        let spec_json = serde_json::to_vec_pretty(&built.spec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
+        let spec_json = serde_json::to_vec(&built.spec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         crate::fsutil::write_atomic(&dir.join("config.json"), &spec_json, false)
             .map_err(io_err("write config.json"))?;
 
@@ -427,11 +424,14 @@ impl Runtime {
             let dir = rt.container_dir(&rec2.id);
             mounts::unmount(&dir.join("rootfs")).map_err(io_err("unmount the container's root"))?;
             mounts::unmount(&dir.join("target-pid-ns")).map_err(io_err("unmount the target PID namespace"))?;
-            crate::fsutil::remove_all(&dir).map_err(io_err(format!("remove {}", dir.display())))?;
+            // The record goes now; the writable layer's files are deleted
+            // in the background (see `Runtime::trash`).
+            crate::fsutil::remove_all(&dir.join("container.json")).map_err(io_err("remove the container record"))?;
             Ok(())
         })
         .await
         .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        self.trash(&self.container_dir(id), &self.config.root_dir);
         self.images.store().release(&format!("container:{id}"));
         {
             let mut idx = self.index.lock().expect("index");

@@ -147,6 +147,8 @@ impl Runtime {
             config.root_dir.join("pods"),
             config.root_dir.join("containers"),
             config.state_dir.join("pods"),
+            config.root_dir.join("trash"),
+            config.state_dir.join("trash"),
         ] {
             crate::fsutil::ensure_dir(&dir, 0o711).map_err(io_err(format!("create {}", dir.display())))?;
         }
@@ -189,8 +191,36 @@ impl Runtime {
         self.locks.lock().expect("locks").remove(id);
     }
 
+    /// Move a directory out of the way at once (one rename) and delete it
+    /// in the background: removing a container's writable layer can take
+    /// many milliseconds and the CRI call need not wait for it. A crash
+    /// before the deletion ends is settled by `recover`, which empties the
+    /// trash.
+    pub(crate) fn trash(&self, dir: &Path, base: &Path) {
+        let doomed = base.join("trash").join(new_id());
+        let _ = crate::fsutil::ensure_dir(&base.join("trash"), 0o700);
+        let target = match std::fs::rename(dir, &doomed) {
+            Ok(()) => doomed,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!("moving {} to the trash: {e}; deleting in place", dir.display());
+                dir.to_path_buf()
+            }
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::fsutil::remove_all(&target) {
+                tracing::warn!("removing {}: {e}", target.display());
+            }
+        });
+    }
+
     /// Load every record, then bring them in line with reality.
     fn recover(&self) -> Result<()> {
+        for base in [&self.config.root_dir, &self.config.state_dir] {
+            for e in std::fs::read_dir(base.join("trash")).into_iter().flatten().flatten() {
+                let _ = crate::fsutil::remove_all(&e.path());
+            }
+        }
         let pods = records::load_pods(&self.config.root_dir.join("pods"));
         let containers = records::load_containers(&self.config.root_dir.join("containers"));
         let mut idx = self.index.lock().expect("index");

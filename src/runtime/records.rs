@@ -36,6 +36,11 @@ pub struct SandboxRecord {
     pub pid_mode: i32,
     /// The pod's `/dev/shm` tmpfs, when it has its own.
     pub shm: Option<PathBuf>,
+    /// StopPodSandbox finished: containers killed, roots and shm
+    /// unmounted, namespaces released. (Not-ready alone can also mean the
+    /// infra died, which leaves that work to do.)
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -273,6 +273,7 @@ impl Runtime {
             host_ipc,
             pid_mode: ns.pid,
             shm: None,
+            stopped: false,
         };
         let setup = self
             .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
@@ -401,8 +402,8 @@ impl Runtime {
             }
         })
         .await;
-        let _ = crate::fsutil::remove_all(&dir);
         let _ = crate::fsutil::remove_all(&self.pod_record_path(&record.id));
+        self.trash(&dir, &self.config.state_dir);
     }
 
     /// Reap and account for an infra process when it exits.
@@ -456,6 +457,9 @@ impl Runtime {
     }
 
     async fn stop_pod_locked(self: &Arc<Self>, mut record: SandboxRecord) -> Result<()> {
+        if record.stopped && !infra_alive(&record) {
+            return Ok(());
+        }
         let dir = self.pod_state_dir(&record.id);
         if infra_alive(&record) {
             // The infra kills every container, waits for them and exits.
@@ -479,9 +483,17 @@ impl Runtime {
         }
         let rt = Arc::clone(self);
         let cgroups: Vec<String> = containers.iter().map(|c| c.cgroup.clone()).collect();
+        // A stopped pod's containers can never run again (the CRI creates
+        // new ones), so their roots are unmounted now rather than at removal.
+        let roots: Vec<PathBuf> = containers.iter().map(|c| c.rootfs.clone()).collect();
         let _ = tokio::task::spawn_blocking(move || {
             for cg in cgroups {
                 rt.cgroups.kill(&cg);
+            }
+            for root in roots {
+                if let Err(e) = mounts::unmount(&root) {
+                    tracing::warn!("unmount {}: {e}", root.display());
+                }
             }
         })
         .await;
@@ -590,13 +602,7 @@ async fn spawn_infra(dir: &Path) -> Result<(i32, u64)> {
 /// Wait until `pid` exits, reaping it if it is our child (the daemon is a
 /// subreaper, so infra processes it started are re-parented to it).
 async fn wait_for_exit(pid: i32) {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: the syscall just returned this descriptor; we own it.
-    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let Some(owned) = pidfd(pid) else { return };
     // SAFETY: the AsyncFd owns `owned` (an OwnedFd), so the descriptor
     // stays open and the same for the AsyncFd's whole life.
     if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
@@ -617,12 +623,24 @@ async fn wait_for_exit(pid: i32) {
     }
 }
 
-/// Poll until the infra is gone (or `limit` passes).
+/// Wait until the infra is gone (or `limit` passes), woken by its pidfd.
 async fn wait_gone(p: &SandboxRecord, limit: Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while infra_alive(p) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if !infra_alive(p) {
+        return;
     }
+    let Some(fd) = pidfd(p.infra_pid) else { return };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
+    // for the AsyncFd's whole life.
+    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+        let _ = tokio::time::timeout(limit, afd.readable()).await;
+    }
+}
+
+fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    // SAFETY: the syscall just returned this descriptor; we own it.
+    (fd >= 0).then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 /// The namespaces a pod has of its own (and pins under `ns/`).
