@@ -1032,3 +1032,104 @@ async fn image_volumes_and_stop_signal() {
     w.remove_pod(&id).await;
     w.assert_no_leaks();
 }
+
+#[tokio::test]
+async fn mounts_devices_privileged_and_host_namespaces() {
+    let mut w = World::new(&[], "").await;
+    // hostPID and hostIPC.
+    let mut pod = w.pod("hostns");
+    pod.linux = Some(api::LinuxPodSandboxConfig {
+        security_context: Some(api::LinuxSandboxSecurityContext {
+            namespace_options: Some(api::NamespaceOption {
+                pid: api::NamespaceMode::Node as i32,
+                ipc: api::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = w.run_pod(pod.clone()).await;
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("hello"), "from the host\n").unwrap();
+    let mut cfg = w.container("app", "sleep 1000");
+    cfg.linux = Some(api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            namespace_options: Some(api::NamespaceOption {
+                pid: api::NamespaceMode::Node as i32,
+                ipc: api::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    cfg.mounts = vec![
+        api::Mount {
+            container_path: "/host-ro".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        api::Mount {
+            container_path: "/host-rw".into(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        },
+    ];
+    cfg.devices = vec![api::Device {
+        container_path: "/dev/myzero".into(),
+        host_path: "/dev/zero".into(),
+        permissions: "rwm".into(),
+    }];
+    let c = w.run(&id, &pod, cfg).await;
+    // The host's PID namespace: the daemon is visible.
+    let daemon_pid = w.daemon.pid().unwrap();
+    assert_eq!(
+        w.sh(&c, &format!("cat /proc/{daemon_pid}/comm")).await.trim(),
+        "nodelet",
+        "hostPID shows host processes"
+    );
+    // The host's IPC namespace.
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    assert_eq!(
+        w.sh(&c, "readlink /proc/self/ns/ipc").await.trim(),
+        host_ipc.to_str().unwrap()
+    );
+    // Bind mounts, read-only and read-write.
+    assert_eq!(w.sh(&c, "cat /host-ro/hello").await, "from the host\n");
+    assert_ne!(w.exec(&c, &["sh", "-c", "echo x > /host-ro/new"]).await.exit_code, 0);
+    w.sh(&c, "echo y > /host-rw/new").await;
+    assert_eq!(std::fs::read_to_string(host.path().join("new")).unwrap(), "y\n");
+    // The device.
+    assert_eq!(w.sh(&c, "head -c 4 /dev/myzero | wc -c").await.trim(), "4");
+    // Unprivileged: no host devices, no CAP_SYS_ADMIN.
+    assert_ne!(w.exec(&c, &["sh", "-c", "test -e /dev/kmsg"]).await.exit_code, 0);
+    w.remove_pod(&id).await;
+
+    // Privileged: every capability and the host's devices.
+    let pod = w.pod("priv");
+    let id = w.run_pod(pod.clone()).await;
+    let mut cfg = w.container("priv", "sleep 1000");
+    cfg.linux = Some(api::LinuxContainerConfig {
+        security_context: Some(api::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let c = w.run(&id, &pod, cfg).await;
+    assert_eq!(w.exec(&c, &["sh", "-c", "test -e /dev/kmsg"]).await.exit_code, 0);
+    let caps = w.sh(&c, "grep CapEff /proc/self/status").await;
+    let eff = u64::from_str_radix(caps.split_whitespace().nth(1).unwrap(), 16).unwrap();
+    assert_ne!(eff & (1 << 21), 0, "CAP_SYS_ADMIN: {caps}");
+    assert_eq!(
+        w.sh(&c, "grep Seccomp: /proc/self/status")
+            .await
+            .split_whitespace()
+            .nth(1),
+        Some("0")
+    );
+    w.remove_pod(&id).await;
+    w.assert_no_leaks();
+}

@@ -137,6 +137,13 @@ impl Runtime {
                 .map(|s| s.trim() == "Y")
                 .unwrap_or(false),
             cgroup_v2: cgroups.v2,
+            held_capabilities: caps::read(None, caps::CapSet::Bounding)
+                .map(|set| {
+                    set.iter()
+                        .filter_map(|c| spec::parse_capability(&c.to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
             cgroup_v1_hierarchies: if cgroups.v2 {
                 Vec::new()
             } else {

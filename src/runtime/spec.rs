@@ -86,6 +86,10 @@ pub struct HostFeatures {
     /// cgroup v2 only (unified hierarchy): gives containers a private
     /// cgroup namespace, and `unified` resources are allowed.
     pub cgroup_v2: bool,
+    /// The capabilities nodelet itself holds (its bounding set). A
+    /// container can get no others: "all capabilities" (privileged, `ALL`)
+    /// means all of these, as containerd does. Empty: no limit (tests).
+    pub held_capabilities: Vec<Capability>,
     /// On cgroup v1 and hybrid hosts, the controller hierarchies' mount
     /// points (`/sys/fs/cgroup/cpu`, ...): a container's `/sys/fs/cgroup`
     /// is a tmpfs with its own cgroup directory of each bind-mounted in.
@@ -146,6 +150,23 @@ pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::Kill,
     Capability::AuditWrite,
 ];
+
+/// Keep only capabilities in `held` in every set: the kernel refuses to
+/// give a process capabilities outside its parent's bounding set (here,
+/// without CAP_SYS_RESOURCE, a privileged container would fail to start).
+fn within(caps: LinuxCapabilities, held: &[Capability]) -> LinuxCapabilities {
+    let keep = |set: &Option<Capabilities>| -> Option<Capabilities> {
+        set.as_ref()
+            .map(|s| s.iter().filter(|c| held.contains(c)).copied().collect())
+    };
+    let mut out = caps.clone();
+    out.set_bounding(keep(caps.bounding()));
+    out.set_effective(keep(caps.effective()));
+    out.set_permitted(keep(caps.permitted()));
+    out.set_inheritable(keep(caps.inheritable()));
+    out.set_ambient(keep(caps.ambient()));
+    out
+}
 
 /// Every capability oci-spec knows: what `ALL` and privileged mean.
 pub const ALL_CAPABILITIES: [Capability; 41] = [
@@ -247,7 +268,10 @@ pub fn build(input: &SpecInput) -> Result<BuiltSpec, SpecError> {
     let image_user = image.and_then(|i| i.user().as_deref()).unwrap_or("");
     let resolved = user::resolve(input.rootfs, &user::UserRequest::from_cri(sc, image_user))?;
 
-    let caps = capabilities(sc, resolved.uid)?;
+    let mut caps = capabilities(sc, resolved.uid)?;
+    if !input.host.held_capabilities.is_empty() {
+        caps = within(caps, &input.host.held_capabilities);
+    }
     let bounding = caps.bounding().clone().unwrap_or_default();
     let seccomp = seccomp::for_container(sc, &bounding)?;
     let apparmor = apparmor_profile(sc, input.host)?;
@@ -1459,6 +1483,7 @@ mod tests {
                     oom_score_adj_min: 0,
                     apparmor: false,
                     cgroup_v2: false,
+                    held_capabilities: Vec::new(),
                     cgroup_v1_hierarchies: Vec::new(),
                 },
                 dir,
