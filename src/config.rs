@@ -105,6 +105,14 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries.
     pub bin_dirs: Vec<PathBuf>,
+    /// The built-in network's bridge.
+    pub bridge: String,
+    /// The built-in network's IPv4 range (UpdateRuntimeConfig's pod CIDR
+    /// replaces it).
+    pub subnet: String,
+    /// The built-in network's IPv6 range, used when the host has IPv6;
+    /// empty turns IPv6 off.
+    pub subnet6: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +159,9 @@ impl Default for CniConfig {
         CniConfig {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            bridge: "nodelet0".to_string(),
+            subnet: "10.88.0.0/16".to_string(),
+            subnet6: "fd6e:6f64:656c::/64".to_string(),
         }
     }
 }
@@ -251,6 +262,24 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "images.max_concurrent_downloads must be at least 1".into(),
             ));
+        }
+        if self.cni.subnet.parse::<ipnet::Ipv4Net>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "cni.subnet {:?} is not an IPv4 network",
+                self.cni.subnet
+            )));
+        }
+        if !self.cni.subnet6.is_empty() && self.cni.subnet6.parse::<ipnet::Ipv6Net>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "cni.subnet6 {:?} is not an IPv6 network",
+                self.cni.subnet6
+            )));
+        }
+        if self.cni.bridge.is_empty() || self.cni.bridge.len() > 15 || self.cni.bridge.contains(['/', ' ']) {
+            return Err(ConfigError::Invalid(format!(
+                "cni.bridge {:?} is not an interface name",
+                self.cni.bridge
+            )));
         }
         if !self.cgroups.parent.starts_with('/') {
             return Err(ConfigError::Invalid(format!(

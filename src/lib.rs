@@ -9,6 +9,7 @@ pub mod fsutil;
 pub mod image;
 pub mod infra;
 pub mod logging;
+pub mod network;
 pub mod node;
 pub mod runtime;
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::image::ImageService;
+use crate::network::Network;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// A readiness condition as the CRI `Status` reports it.
@@ -20,6 +21,7 @@ pub struct Node {
     pub config: Arc<Config>,
     pub images: Arc<ImageService>,
     pub runtime: Arc<Runtime>,
+    pub network: Arc<Network>,
 }
 
 impl Node {
@@ -30,7 +32,8 @@ impl Node {
         let images = tokio::task::spawn_blocking(move || ImageService::new(cfg))
             .await
             .map_err(|e| RuntimeError::Internal(e.to_string()))??;
-        let runtime = Runtime::open(Arc::clone(&config), Arc::clone(&images)).await?;
+        let network = Arc::new(Network::new(Arc::clone(&config)));
+        let runtime = Runtime::open(Arc::clone(&config), Arc::clone(&images), Arc::clone(&network)).await?;
         let im = Arc::clone(&images);
         tokio::task::spawn_blocking(move || im.collect_garbage())
             .await
@@ -39,6 +42,7 @@ impl Node {
             config,
             images,
             runtime,
+            network,
         }))
     }
 
@@ -70,13 +74,9 @@ impl Node {
         }
     }
 
-    /// Is pod networking available? Not until the networking component
-    /// exists; say so rather than pretend.
+    /// Is pod networking available? What the network (built-in or a
+    /// CNI config's plugins) says.
     pub fn network_condition(&self) -> Condition {
-        Condition {
-            ready: false,
-            reason: "NetworkPluginNotReady".into(),
-            message: "nodelet has no pod network yet: pods get a network namespace with loopback only".into(),
-        }
+        self.network.condition()
     }
 }

@@ -10,6 +10,9 @@ use crate::cri::{self, api};
 
 pub struct Daemon {
     child: Option<Child>,
+    /// The network namespace the daemon runs in (the test's "node"), if
+    /// not the host's.
+    pub netns: Option<std::sync::Arc<crate::netns::NetNs>>,
     /// The test's own cgroup parent (`[cgroups] parent`), torn down on drop.
     pub cgroup_parent: String,
     pub dir: tempfile::TempDir,
@@ -21,14 +24,22 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start a daemon with `extra` appended to its TOML config.
+    /// Start a daemon with `extra` appended to its TOML config, in the
+    /// host's network namespace (for tests that create no pod networks).
     pub async fn start(extra: &str) -> Daemon {
+        Self::start_in(extra, None).await
+    }
+
+    /// Start a daemon inside `netns`: its bridge, addresses and nftables
+    /// rules stay in that namespace, the test's node.
+    pub async fn start_in(extra: &str, netns: Option<std::sync::Arc<crate::netns::NetNs>>) -> Daemon {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("nodelet-it-")
             .tempdir()
             .expect("tempdir");
         let socket = dir.path().join("run/nodelet.sock");
+        std::fs::create_dir_all(dir.path().join("cni/net.d")).expect("cni dir");
         let root_dir = dir.path().join("root");
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("config.toml");
@@ -47,11 +58,12 @@ impl Daemon {
             root_dir,
             state_dir,
             dir.path().join("manifests"),
-            with_cgroup_parent(extra, &cgroup_parent),
+            with_cgroup_parent(&with_cni_dir(extra, &dir.path().join("cni/net.d")), &cgroup_parent),
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut d = Daemon {
             child: None,
+            netns,
             cgroup_parent,
             dir,
             socket,
@@ -72,7 +84,10 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let mut cmd = Command::new(crate::nodelet_bin());
+        let mut cmd = match &self.netns {
+            Some(ns) => ns.command(crate::nodelet_bin()),
+            None => Command::new(crate::nodelet_bin()),
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -182,6 +197,18 @@ impl Drop for Daemon {
         crate::cleanup::cgroup_tree(&self.cgroup_parent);
         crate::cleanup::mounts_under(self.dir.path());
         crate::cleanup::reap_orphans();
+    }
+}
+
+/// Point `[cni] conf_dir` at the test's own directory (empty: the
+/// built-in network) unless the test set it.
+fn with_cni_dir(extra: &str, dir: &Path) -> String {
+    if extra.contains("conf_dir") {
+        extra.to_string()
+    } else if extra.contains("[cni]") {
+        extra.replace("[cni]", &format!("[cni]\nconf_dir = {dir:?}"))
+    } else {
+        format!("{extra}\n[cni]\nconf_dir = {dir:?}\n")
     }
 }
 

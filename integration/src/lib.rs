@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod cri;
 pub mod daemon;
 pub mod fake_registry;
+pub mod netns;
 pub mod pods;
 pub mod registry;
 
@@ -122,4 +123,13 @@ pub fn run(cmd: &mut std::process::Command) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Random lowercase hex (16 characters).
+pub fn random_suffix() -> String {
+    let mut b = [0u8; 8];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .expect("urandom");
+    hex::encode(b)
 }

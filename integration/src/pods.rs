@@ -12,6 +12,8 @@ use crate::registry::Registry;
 pub struct World {
     pub daemon: Daemon,
     pub registry: Registry,
+    /// The node: the network namespace the daemon and registry run in.
+    pub node: std::sync::Arc<crate::netns::NetNs>,
     pub rt: Runtime,
     pub images: Images,
     pub busybox: String,
@@ -19,12 +21,14 @@ pub struct World {
 
 impl World {
     pub async fn new(extra_images: &[&str], config: &str) -> World {
-        let registry = Registry::start();
+        crate::require_root();
+        let node = std::sync::Arc::new(crate::netns::NetNs::new("nlt"));
+        let registry = Registry::start_in(&node);
         registry.push(&crate::test_image("test/busybox"));
         for i in extra_images {
             registry.push(&crate::test_image(i));
         }
-        let daemon = Daemon::start(config).await;
+        let daemon = Daemon::start_in(config, Some(std::sync::Arc::clone(&node))).await;
         let (rt, mut images) = daemon.clients().await;
         let busybox = registry.image("test/busybox");
         for i in std::iter::once(busybox.clone()).chain(extra_images.iter().map(|i| registry.image(i))) {
@@ -39,6 +43,7 @@ impl World {
         World {
             daemon,
             registry,
+            node,
             rt,
             images,
             busybox,

@@ -9,6 +9,8 @@ use crate::TestImage;
 
 pub struct Registry {
     child: Child,
+    /// The network namespace it serves in (None: the host's).
+    netns: Option<PathBuf>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     /// `user:password` when the registry wants Basic auth.
@@ -17,15 +19,20 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
-        Self::start_with(None)
+        Self::start_with(None, None)
+    }
+
+    /// A registry inside `ns` (where a test's node daemon runs).
+    pub fn start_in(ns: &crate::netns::NetNs) -> Registry {
+        Self::start_with(None, Some(ns))
     }
 
     /// A registry that wants `user`/`password` over Basic auth.
     pub fn start_with_auth(user: &str, password: &str) -> Registry {
-        Self::start_with(Some((user.to_string(), password.to_string())))
+        Self::start_with(Some((user.to_string(), password.to_string())), None)
     }
 
-    fn start_with(creds: Option<(String, String)>) -> Registry {
+    fn start_with(creds: Option<(String, String)>, ns: Option<&crate::netns::NetNs>) -> Registry {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("nodelet-reg-")
@@ -49,7 +56,10 @@ impl Registry {
             let config_path = dir.path().join("config.yml");
             std::fs::write(&config_path, config).expect("registry config");
             let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-            let mut cmd = Command::new("docker-registry");
+            let mut cmd = match ns {
+                Some(ns) => ns.command("docker-registry"),
+                None => Command::new("docker-registry"),
+            };
             cmd.arg("serve")
                 .arg(&config_path)
                 .stdin(Stdio::null())
@@ -64,9 +74,14 @@ impl Registry {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let up = match ns {
+                    Some(ns) => ns.listening(port),
+                    None => std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+                };
+                if up {
                     return Registry {
                         child,
+                        netns: ns.map(|n| n.path()),
                         dir,
                         port,
                         creds,
@@ -99,7 +114,14 @@ impl Registry {
     pub fn push_as(&self, image: &TestImage, repo: &str) {
         let policy = self.dir.path().join("policy.json");
         std::fs::write(&policy, r#"{"default":[{"type":"insecureAcceptAnything"}]}"#).expect("policy");
-        let mut cmd = Command::new("skopeo");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg("skopeo");
+                c
+            }
+            None => Command::new("skopeo"),
+        };
         cmd.arg("--policy")
             .arg(&policy)
             .arg("copy")

@@ -51,12 +51,9 @@ async fn pod_namespaces_hostname_dns_sysctls_and_cleanup() {
         "80\n"
     );
     assert_eq!(w.sh(&c, "cat /proc/sys/kernel/shmmax").await, "65536\n");
-    // Its own network namespace, loopback up and nothing else.
-    assert_eq!(w.sh(&c, "ls /sys/class/net").await, "lo\n");
-    assert!(w
-        .sh(&c, "cat /sys/class/net/lo/operstate; cat /sys/class/net/lo/flags")
-        .await
-        .contains("0x9"));
+    // Its own network namespace: loopback up and the pod's eth0.
+    assert_eq!(w.sh(&c, "ls /sys/class/net").await, "eth0\nlo\n");
+    assert!(w.sh(&c, "cat /sys/class/net/lo/flags").await.contains("0x9"));
     // PID mode POD (the default): the infra is PID 1 of the pod.
     assert_eq!(w.sh(&c, "cat /proc/1/comm").await, "nodelet-infra\n");
     // The host's sysctl is untouched.
@@ -581,9 +578,13 @@ async fn pid_namespace_modes_and_host_network() {
     });
     let id = w.run_pod(pod.clone()).await;
     let c = w.run(&id, &pod, w.container("app", "sleep 1000")).await;
-    let host_ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    // The node's (the daemon's namespace, the test's own).
+    let host_ifaces: Vec<String> = w
+        .node
+        .ip(&["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect();
     let ifaces = w.sh(&c, "ls /sys/class/net").await;
     for i in &host_ifaces {

@@ -115,9 +115,23 @@ impl CriRuntimeService for Cri {
 
     async fn update_runtime_config(
         &self,
-        _req: Request<cri::UpdateRuntimeConfigRequest>,
+        req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        traced("UpdateRuntimeConfig", async { Err(not_yet("UpdateRuntimeConfig")) }).await
+        let network = Arc::clone(&self.node.network);
+        traced(
+            "UpdateRuntimeConfig",
+            blocking(move || {
+                let cidr = req
+                    .into_inner()
+                    .runtime_config
+                    .and_then(|c| c.network_config)
+                    .map(|n| n.pod_cidr)
+                    .unwrap_or_default();
+                network.set_pod_cidr(&cidr)?;
+                Ok(cri::UpdateRuntimeConfigResponse {})
+            }),
+        )
+        .await
     }
 
     async fn run_pod_sandbox(

@@ -69,8 +69,7 @@ pub fn status(rt: &Runtime, req: cri::PodSandboxStatusRequest) -> Result<cri::Po
             metadata: rec.config.metadata.clone(),
             state: state(&p),
             created_at: rec.created_at,
-            // No pod network yet: loopback only, so no address to report.
-            network: Some(cri::PodSandboxNetworkStatus::default()),
+            network: Some(network_status(rec)),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace { options: Some(ns) }),
             }),
@@ -82,6 +81,20 @@ pub fn status(rt: &Runtime, req: cri::PodSandboxStatusRequest) -> Result<cri::Po
         containers_statuses: Vec::new(),
         timestamp: crate::unix_nanos(),
     })
+}
+
+/// The pod's addresses (none on the host network, as containerd reports).
+fn network_status(rec: &crate::runtime::SandboxRecord) -> cri::PodSandboxNetworkStatus {
+    let ips: Vec<String> = rec
+        .network
+        .as_ref()
+        .filter(|n| n.phase == "ready")
+        .map(|n| n.ips.clone())
+        .unwrap_or_default();
+    cri::PodSandboxNetworkStatus {
+        ip: ips.first().cloned().unwrap_or_default(),
+        additional_ips: ips.iter().skip(1).map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    }
 }
 
 /// Every key and value of `selector` is among `labels`.

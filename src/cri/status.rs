@@ -55,9 +55,17 @@ impl From<RuntimeError> for Status {
             RuntimeError::Image(i) => image_code(i),
             RuntimeError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             RuntimeError::Infra(_) => Code::Unavailable,
+            RuntimeError::Network(crate::network::NetworkError::BadCidr(_)) => Code::InvalidArgument,
+            RuntimeError::Network(_) => Code::Unknown,
             RuntimeError::Cgroup(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::network::NetworkError> for Status {
+    fn from(e: crate::network::NetworkError) -> Status {
+        Status::from(RuntimeError::Network(e))
     }
 }
 

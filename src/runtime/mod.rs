@@ -60,6 +60,8 @@ pub enum RuntimeError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Infra(#[from] InfraError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -118,6 +120,7 @@ struct Index {
 pub struct Runtime {
     pub(crate) config: Arc<Config>,
     pub(crate) images: Arc<ImageService>,
+    pub(crate) network: Arc<crate::network::Network>,
     pub(crate) cgroups: Cgroups,
     pub(crate) host: HostFeatures,
     index: Mutex<Index>,
@@ -129,7 +132,11 @@ pub struct Runtime {
 impl Runtime {
     /// Open the runtime's state: load records, settle what changed while
     /// the daemon was down, re-pin image layers in use.
-    pub async fn open(config: Arc<Config>, images: Arc<ImageService>) -> Result<Arc<Runtime>> {
+    pub async fn open(
+        config: Arc<Config>,
+        images: Arc<ImageService>,
+        network: Arc<crate::network::Network>,
+    ) -> Result<Arc<Runtime>> {
         let cgroups = Cgroups::detect()?;
         let host = HostFeatures {
             oom_score_adj_min: oom_score_adj_min(),
@@ -162,6 +169,7 @@ impl Runtime {
         let rt = Arc::new(Runtime {
             config,
             images,
+            network,
             cgroups,
             host,
             index: Mutex::new(Index::default()),
@@ -259,10 +267,35 @@ impl Runtime {
             .filter(|c| dead_pods.contains(&c.pod_id) || !idx.pods.contains_key(&c.pod_id))
             .cloned()
             .collect();
+        // Network attachments: finish any ADD or DEL a crash interrupted,
+        // release those of pods that are no longer ready, then let the
+        // network free whatever no ready pod holds.
+        let unfinished: Vec<SandboxRecord> = idx
+            .pods
+            .values()
+            .filter(|p| p.network.as_ref().is_some_and(|n| n.phase != "ready" || !p.ready))
+            .cloned()
+            .collect();
+        let valid: Vec<String> = idx
+            .pods
+            .values()
+            .filter(|p| p.ready && p.network.as_ref().is_some_and(|n| n.phase == "ready"))
+            .map(|p| p.id.clone())
+            .collect();
         drop(idx);
         for c in orphans {
             self.settle_dead(&c);
         }
+        for mut p in unfinished {
+            tracing::info!(pod = %p.id, "releasing the network of a pod that is not running");
+            match self.release_network(&mut p) {
+                Ok(()) => {
+                    self.index.lock().expect("index").pods.insert(p.id.clone(), p);
+                }
+                Err(e) => tracing::warn!(pod = %p.id, "releasing the pod's network: {e}"),
+            }
+        }
+        self.network.gc(&valid);
         Ok(())
     }
 

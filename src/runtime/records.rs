@@ -41,6 +41,9 @@ pub struct SandboxRecord {
     /// infra died, which leaves that work to do.)
     #[serde(default)]
     pub stopped: bool,
+    /// The pod's network attachment (none for hostNetwork).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

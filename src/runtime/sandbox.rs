@@ -274,6 +274,7 @@ impl Runtime {
             pid_mode: ns.pid,
             shm: None,
             stopped: false,
+            network: None,
         };
         let setup = self
             .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
@@ -379,13 +380,42 @@ impl Runtime {
                     .map_err(io_err(format!("pin the pod's {ns} namespace")))
             );
         }
-        tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         self.watch_infra(record.id.clone(), pid);
+        if !host_network {
+            // Recorded before the ADD, so a crash during it is undone at
+            // start-up rather than leaking an address.
+            record.network = Some(crate::network::Attachment {
+                phase: "adding".into(),
+                ..Default::default()
+            });
+            tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
+            let rt = Arc::clone(self);
+            let rec = record.clone();
+            let attached = tokio::task::spawn_blocking(move || {
+                let netns = rt.pod_state_dir(&rec.id).join("ns/net");
+                rt.network.setup(&pod_ref(&rec, &netns))
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()));
+            let attachment = tri!(tri!(attached).map_err(RuntimeError::from));
+            record.network = Some(attachment);
+        }
+        tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         Ok(record)
     }
 
     /// Undo what `setup_pod` did (also the end of RemovePodSandbox).
     async fn teardown_pod_resources(self: &Arc<Self>, record: &SandboxRecord) {
+        if record.network.is_some() {
+            let rt = Arc::clone(self);
+            let mut rec = record.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = rt.release_network(&mut rec) {
+                    tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}");
+                }
+            })
+            .await;
+        }
         if record.infra_pid > 0 && infra_alive(record) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(record.infra_pid),
@@ -500,6 +530,13 @@ impl Runtime {
         if let Some(shm) = &record.shm {
             mounts::unmount(shm).map_err(io_err("unmount the pod's /dev/shm"))?;
         }
+        if record.network.is_some() {
+            let rt = Arc::clone(self);
+            let mut rec = record.clone();
+            record = tokio::task::spawn_blocking(move || rt.release_network(&mut rec).map(|()| rec))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        }
         unpin_namespaces(&dir);
         if record.ready {
             record.ready = false;
@@ -534,6 +571,39 @@ impl Runtime {
         self.forget_lock(id);
         tracing::info!(pod = %id, "pod sandbox removed");
         Ok(())
+    }
+}
+
+impl Runtime {
+    /// CNI DEL for a pod, recorded as `deleting` first so a crash midway
+    /// is finished at the next start. Idempotent. Blocking.
+    pub(crate) fn release_network(&self, record: &mut SandboxRecord) -> Result<()> {
+        let Some(att) = record.network.clone() else {
+            return Ok(());
+        };
+        record.network = Some(crate::network::Attachment {
+            phase: "deleting".into(),
+            ..att.clone()
+        });
+        records::save_pod(&self.pod_record_path(&record.id), record).map_err(io_err("write pod record"))?;
+        let netns = self.pod_state_dir(&record.id).join("ns/net");
+        self.network.teardown(&pod_ref(record, &netns), &att)?;
+        record.network = None;
+        records::save_pod(&self.pod_record_path(&record.id), record).map_err(io_err("write pod record"))?;
+        Ok(())
+    }
+}
+
+/// The network's view of a pod.
+fn pod_ref<'a>(record: &'a SandboxRecord, netns: &'a Path) -> crate::network::PodRef<'a> {
+    let meta = record.config.metadata.as_ref();
+    crate::network::PodRef {
+        id: &record.id,
+        netns,
+        name: meta.map(|m| m.name.as_str()).unwrap_or_default(),
+        namespace: meta.map(|m| m.namespace.as_str()).unwrap_or_default(),
+        uid: meta.map(|m| m.uid.as_str()).unwrap_or_default(),
+        port_mappings: &record.config.port_mappings,
     }
 }
 
