@@ -43,6 +43,10 @@ pub enum CgroupDriver {
 pub struct Config {
     /// CRI socket.
     pub socket: PathBuf,
+    /// A second CRI socket for an external kubelet: the same service
+    /// without the static pods, so the kubelet never stops or removes
+    /// them. Empty: no such socket.
+    pub kubelet_socket: PathBuf,
     /// Persistent state: images, their metadata.
     pub root_dir: PathBuf,
     /// Volatile state: pods, containers, infra sockets. Lost at reboot, as
@@ -61,6 +65,49 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     pub cni: CniConfig,
     pub cgroups: CgroupsConfig,
+    pub static_pods: StaticPodsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StaticPodsConfig {
+    /// Run the manifests in `manifest_dir`.
+    pub enabled: bool,
+    /// Re-read the directory this often even without inotify events.
+    pub resync_secs: u64,
+    /// How often each pod's worker checks its containers.
+    pub sync_interval_ms: u64,
+    /// CrashLoopBackOff: first delay, doubled per restart up to the max.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// A container that ran cleanly this long starts its back-off afresh.
+    pub backoff_reset_secs: u64,
+    /// Container logs, `<log_dir>/<namespace>_<name>_<uid>/<container>/<n>.log`.
+    pub log_dir: PathBuf,
+    /// Where `localhostProfile` seccomp profiles are looked up.
+    pub seccomp_dir: PathBuf,
+    /// The status endpoint's unix socket; empty: none.
+    pub status_socket: PathBuf,
+    /// The status endpoint's TCP address (keep it on loopback), e.g.
+    /// `127.0.0.1:10255`; empty: none.
+    pub status_address: String,
+}
+
+impl Default for StaticPodsConfig {
+    fn default() -> Self {
+        StaticPodsConfig {
+            enabled: true,
+            resync_secs: 20,
+            sync_interval_ms: 1000,
+            backoff_initial_ms: 10_000,
+            backoff_max_ms: 300_000,
+            backoff_reset_secs: 600,
+            log_dir: PathBuf::from("/var/log/pods"),
+            seccomp_dir: PathBuf::from("/var/lib/kubelet/seccomp"),
+            status_socket: PathBuf::from("/run/nodelet/pods.sock"),
+            status_address: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +174,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: PathBuf::from("/run/nodelet/nodelet.sock"),
+            kubelet_socket: PathBuf::from("/run/nodelet/kubelet.sock"),
             root_dir: PathBuf::from("/var/lib/nodelet"),
             state_dir: PathBuf::from("/run/nodelet"),
             manifest_dir: PathBuf::from("/etc/kubernetes/manifests"),
@@ -137,6 +185,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             cni: CniConfig::default(),
             cgroups: CgroupsConfig::default(),
+            static_pods: StaticPodsConfig::default(),
         }
     }
 }
@@ -257,6 +306,43 @@ impl Config {
                 "socket path {} is longer than 107 bytes",
                 self.socket.display()
             )));
+        }
+        for (name, path) in [
+            ("kubelet_socket", &self.kubelet_socket),
+            ("static_pods.status_socket", &self.static_pods.status_socket),
+        ] {
+            if !path.as_os_str().is_empty() && (!path.is_absolute() || path.as_os_str().len() > 107) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be empty or an absolute path of at most 107 bytes, got {}",
+                    path.display()
+                )));
+            }
+        }
+        if !self.kubelet_socket.as_os_str().is_empty() && self.kubelet_socket == self.socket {
+            return Err(ConfigError::Invalid("kubelet_socket must differ from socket".into()));
+        }
+        for (name, path) in [
+            ("static_pods.log_dir", &self.static_pods.log_dir),
+            ("static_pods.seccomp_dir", &self.static_pods.seccomp_dir),
+        ] {
+            if !path.is_absolute() {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be an absolute path, got {}",
+                    path.display()
+                )));
+            }
+        }
+        let sp = &self.static_pods;
+        if !sp.status_address.is_empty() && sp.status_address.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "static_pods.status_address {:?} is not an ip:port address",
+                sp.status_address
+            )));
+        }
+        if sp.backoff_initial_ms == 0 || sp.backoff_max_ms < sp.backoff_initial_ms || sp.sync_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "static_pods: backoff_initial_ms and sync_interval_ms must be positive and backoff_max_ms at least backoff_initial_ms".into(),
+            ));
         }
         if self.images.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(

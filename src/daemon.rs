@@ -16,9 +16,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cli::ServeArgs;
 use crate::config::{CgroupDriver, Config};
+use crate::cri::kubelet_view::KubeletView;
 use crate::cri::Cri;
 use crate::fsutil;
 use crate::node::Node;
+use crate::static_pods::StaticPods;
 
 /// How long in-flight RPCs get to finish after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -129,38 +131,67 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         .await
         .context("cannot open nodelet's state")?;
 
-    // We hold the socket lock, so a socket file still there is stale.
-    match std::fs::remove_file(&config.socket) {
-        Ok(()) => tracing::info!(socket = %config.socket.display(), "replaced a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale socket {}", config.socket.display())),
-    }
-    let listener =
-        UnixListener::bind(&config.socket).with_context(|| format!("cannot listen on {}", config.socket.display()))?;
-    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("cannot chmod {}", config.socket.display()))?;
-
+    let listener = bind_socket(&config.socket)?;
     let cri = Cri::new(Arc::clone(&node));
+
+    // Static pods, their status endpoint, and the kubelet's view of CRI.
+    let static_pods = config.static_pods.enabled.then(|| StaticPods::start(Arc::clone(&node)));
+    let mut side_tasks = Vec::new();
+    if let Some(sp) = &static_pods {
+        let tasks = crate::static_pods::status::serve(
+            Arc::clone(sp),
+            &config.static_pods.status_socket,
+            &config.static_pods.status_address,
+        )
+        .await
+        .context("cannot serve the static pod status endpoint")?;
+        side_tasks.extend(tasks);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if !config.kubelet_socket.as_os_str().is_empty() {
+        let kubelet_listener = bind_socket(&config.kubelet_socket)?;
+        let view = KubeletView::new(cri.clone());
+        let mut stop = stop_rx.clone();
+        side_tasks.push(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(view.runtime_server())
+                .add_service(view.image_server())
+                .serve_with_incoming_shutdown(UnixListenerStream::new(kubelet_listener), async move {
+                    let _ = stop.changed().await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!("kubelet socket server ended with an error: {e}");
+            }
+        }));
+    }
     tracing::info!(
         socket = %config.socket.display(),
+        kubelet_socket = %config.kubelet_socket.display(),
         root_dir = %config.root_dir.display(),
         state_dir = %config.state_dir.display(),
+        manifest_dir = %config.manifest_dir.display(),
+        static_pods = config.static_pods.enabled,
         version = env!("CARGO_PKG_VERSION"),
         "nodelet serving CRI v1"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut main_stop = stop_rx.clone();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(cri.runtime_server())
             .add_service(cri.image_server())
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
-                let _ = stop_rx.await;
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                let _ = main_stop.changed().await;
             }),
     );
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
+    // Static pods keep running: the next daemon adopts them.
+    if let Some(sp) = &static_pods {
+        sp.shutdown();
+    }
     // New connections stop now; RPCs already running get SHUTDOWN_GRACE.
     // Idle connections are not waited for.
     let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -178,10 +209,35 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
     server.abort();
+    for t in side_tasks {
+        t.abort();
+    }
     let _ = tokio::task::spawn_blocking(move || node.shutdown()).await;
     let _ = std::fs::remove_file(&config.socket);
+    for path in [&config.kubelet_socket, &config.static_pods.status_socket] {
+        if !path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     drop(socket_lock.path);
     Ok(())
+}
+
+/// Listen on a unix socket (mode 0660). The caller holds the lock that
+/// makes a socket file already there stale.
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fsutil::ensure_dir(dir, 0o755).with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!(socket = %path.display(), "replaced a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale socket {}", path.display())),
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot chmod {}", path.display()))?;
+    Ok(listener)
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

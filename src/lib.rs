@@ -12,6 +12,7 @@ pub mod logging;
 pub mod network;
 pub mod node;
 pub mod runtime;
+pub mod static_pods;
 
 /// Now, as Unix nanoseconds (the CRI's timestamps).
 pub fn unix_nanos() -> i64 {

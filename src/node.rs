@@ -74,6 +74,21 @@ impl Node {
         }
     }
 
+    /// Is this sandbox one the static pod manager runs? (Unknown ids are
+    /// not.) An id prefix is resolved as the runtime resolves it.
+    pub fn is_static_pod(&self, pod_id: &str) -> bool {
+        self.runtime
+            .pod(pod_id)
+            .is_ok_and(|p| crate::static_pods::is_static(&p.record.config.labels))
+    }
+
+    /// Does this container belong to a static pod?
+    pub fn is_static_container(&self, container_id: &str) -> bool {
+        self.runtime
+            .container(container_id)
+            .is_ok_and(|c| self.is_static_pod(&c.record.pod_id))
+    }
+
     /// Is pod networking available? What the network (built-in or a
     /// CNI config's plugins) says.
     pub fn network_condition(&self) -> Condition {

@@ -611,3 +611,59 @@ pub fn build_big(out: &Path, layers: usize, layer_mib: usize) -> anyhow::Result<
     l.tag("latest", &m);
     Ok(image("test/big", "latest", &l.finish()?))
 }
+
+/// `test/etcd`: busybox plus Debian's `etcd` and `etcdctl` (from
+/// `etcd-server` / `etcd-client`) and the shared libraries they load, for
+/// the static-pod tests that bootstrap etcd as a kubelet would.
+pub fn build_etcd(out: &Path) -> anyhow::Result<TestImage> {
+    let mut l = Layer::new();
+    busybox_rootfs(&mut l)?;
+    let mut libs = std::collections::BTreeSet::new();
+    l.dir("usr/local/", 0o755)
+        .dir("usr/local/bin/", 0o755)
+        .dir("var/lib/", 0o755);
+    for bin in ["/usr/bin/etcd", "/usr/bin/etcdctl"] {
+        let data = std::fs::read(bin).with_context(|| format!("{bin} (install etcd-server and etcd-client)"))?;
+        l.file(&format!("usr/local/bin/{}", &bin[9..]), 0o755, &data);
+        let ldd = std::process::Command::new("ldd").arg(bin).output().context("ldd")?;
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line
+                .split("=>")
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            if path.starts_with('/') {
+                libs.insert(path.to_string());
+            }
+        }
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for lib in &libs {
+        let mut acc = String::new();
+        let parent = Path::new(lib)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for part in parent.trim_start_matches('/').split('/').filter(|p| !p.is_empty()) {
+            acc.push_str(part);
+            acc.push('/');
+            if dirs.insert(acc.clone()) && !matches!(acc.as_str(), "usr/" | "usr/bin/" | "bin/" | "sbin/" | "usr/sbin/")
+            {
+                l.dir(&acc, 0o755);
+            }
+        }
+        let data = std::fs::read(lib).with_context(|| format!("read {lib}"))?;
+        l.file(lib.trim_start_matches('/'), 0o755, &data);
+    }
+    let dir = out.join("etcd");
+    let mut layout = Layout::create(&dir)?;
+    let mut cfg = default_config();
+    cfg["Cmd"] = json!(["etcd"]);
+    let m = layout.put_image(&ImageDef::new(vec![(l.finish(), Compression::Gzip)], cfg))?;
+    layout.tag("latest", &m);
+    Ok(image("test/etcd", "latest", &layout.finish()?))
+}

@@ -53,12 +53,16 @@ impl Daemon {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let config = format!(
-            "socket = {:?}\nroot_dir = {:?}\nstate_dir = {:?}\nmanifest_dir = {:?}\nlog_level = \"nodelet=debug,info\"\n{}\n",
+            "socket = {:?}\nkubelet_socket = {:?}\nroot_dir = {:?}\nstate_dir = {:?}\nmanifest_dir = {:?}\nlog_level = \"nodelet=debug,info\"\n{}\n",
             socket,
+            dir.path().join("run/kubelet.sock"),
             root_dir,
             state_dir,
             dir.path().join("manifests"),
-            with_cgroup_parent(&with_cni_dir(extra, &dir.path().join("cni/net.d")), &cgroup_parent),
+            with_static_pods(
+                &with_cgroup_parent(&with_cni_dir(extra, &dir.path().join("cni/net.d")), &cgroup_parent),
+                dir.path()
+            ),
         );
         std::fs::write(&config_path, config).expect("write config");
         let mut d = Daemon {
@@ -209,6 +213,22 @@ fn with_cni_dir(extra: &str, dir: &Path) -> String {
         extra.replace("[cni]", &format!("[cni]\nconf_dir = {dir:?}"))
     } else {
         format!("{extra}\n[cni]\nconf_dir = {dir:?}\n")
+    }
+}
+
+/// Keep the static pod manager's files (logs, status socket, seccomp
+/// profiles) in the test's directory.
+fn with_static_pods(extra: &str, dir: &Path) -> String {
+    let keys = format!(
+        "log_dir = {:?}\nstatus_socket = {:?}\nseccomp_dir = {:?}",
+        dir.join("pod-logs"),
+        dir.join("run/pods.sock"),
+        dir.join("seccomp")
+    );
+    if extra.contains("[static_pods]") {
+        extra.replace("[static_pods]", &format!("[static_pods]\n{keys}"))
+    } else {
+        format!("{extra}\n[static_pods]\n{keys}\n")
     }
 }
 

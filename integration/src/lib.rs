@@ -16,6 +16,7 @@ pub mod fake_registry;
 pub mod netns;
 pub mod pods;
 pub mod registry;
+pub mod static_pods;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -132,4 +133,16 @@ pub fn random_suffix() -> String {
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .expect("urandom");
     hex::encode(b)
+}
+
+/// `test/etcd` (Debian's etcd in a busybox image), built once per target
+/// directory.
+pub fn etcd_image() -> TestImage {
+    static IMAGE: OnceLock<TestImage> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let dir = target_dir().join("test-images/etcd");
+            with_build_lock(&dir, nodelet_test_images::build_etcd).expect("building the etcd image")
+        })
+        .clone()
 }

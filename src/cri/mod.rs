@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod images;
+pub mod kubelet_view;
 pub mod runtime_info;
 pub mod sandbox;
 pub mod status;

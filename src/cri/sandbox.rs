@@ -12,6 +12,13 @@ pub async fn run(rt: &Arc<Runtime>, req: cri::RunPodSandboxRequest) -> Result<cr
     let config = req
         .config
         .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    // Only the static pod manager may mark a pod as its own.
+    if crate::static_pods::is_static(&config.labels) {
+        return Err(Status::invalid_argument(format!(
+            "RunPodSandbox: label {:?} is reserved for nodelet's static pods",
+            crate::static_pods::translate::LABEL_STATIC
+        )));
+    }
     let id = rt.run_pod(config, &req.runtime_handler).await?;
     Ok(cri::RunPodSandboxResponse { pod_sandbox_id: id })
 }
