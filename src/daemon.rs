@@ -100,6 +100,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     if config.cgroups.driver == CgroupDriver::Systemd {
         bail!("cgroups.driver = \"systemd\" is not supported yet; use \"cgroupfs\"");
     }
+    let notify = Arc::new(crate::sdnotify::Notifier::from_env());
+    notify.status("opening state");
     fsutil::ensure_dir(&config.root_dir, 0o711)
         .with_context(|| format!("cannot create root_dir {}", config.root_dir.display()))?;
     fsutil::ensure_dir(&config.state_dir, 0o711)
@@ -140,6 +142,10 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot chmod {}", config.socket.display()))?;
 
+    let health = crate::metrics::Health::new(config.socket.clone());
+    if let Some(addr) = config.metrics.address {
+        crate::metrics::serve(addr, Arc::clone(&node), Arc::clone(&health)).await?;
+    }
     let cri = Cri::new(Arc::clone(&node));
     tracing::info!(
         socket = %config.socket.display(),
@@ -158,8 +164,12 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
                 let _ = stop_rx.await;
             }),
     );
+    health.set_serving(true);
+    crate::sdnotify::serving(&notify, &node);
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
+    health.set_serving(false);
+    notify.stopping(&format!("{signal}: shutting down; pods keep running"));
     let _ = stop_tx.send(());
     // New connections stop now; RPCs already running get SHUTDOWN_GRACE.
     // Idle connections are not waited for.

@@ -20,6 +20,7 @@ pub struct Node {
     pub config: Arc<Config>,
     pub images: Arc<ImageService>,
     pub runtime: Arc<Runtime>,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Node {
@@ -39,6 +40,7 @@ impl Node {
             config,
             images,
             runtime,
+            stats: Arc::new(crate::stats::Stats::new()),
         }))
     }
 

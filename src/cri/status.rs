@@ -9,6 +9,7 @@ use crate::image::registry::RegistryError;
 use crate::image::ImageError;
 use crate::runtime::spec::SpecError;
 use crate::runtime::RuntimeError;
+use crate::stats::StatsError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -58,6 +59,16 @@ impl From<RuntimeError> for Status {
             RuntimeError::Cgroup(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<StatsError> for Status {
+    fn from(e: StatsError) -> Status {
+        match e {
+            StatsError::Runtime(r) => r.into(),
+            // As containerd answers for a sandbox that is not running.
+            StatsError::NotReady(_) => Status::unavailable(e.to_string()),
+        }
     }
 }
 
