@@ -156,8 +156,8 @@ struct Known {
 }
 
 enum Current {
-    Pod(PodView),
-    Container(ContainerView),
+    Pod(Box<PodView>),
+    Container(Box<ContainerView>),
 }
 
 /// What was last seen of every object, and the inotify watches on
@@ -209,9 +209,9 @@ impl Tracker {
 
     fn current(rt: &Runtime, id: &str) -> Option<Current> {
         if let Ok(p) = rt.pod(id) {
-            return Some(Current::Pod(p));
+            return Some(Current::Pod(Box::new(p)));
         }
-        rt.container(id).ok().map(Current::Container)
+        rt.container(id).ok().map(|c| Current::Container(Box::new(c)))
     }
 
     /// Compare `ids` (or everything) with what was seen; append the steps.
@@ -543,7 +543,11 @@ mod tests {
     fn inotify_records() {
         let mut buf = Vec::new();
         let mut record = |wd: i32, mask: u32, name: &[u8]| {
-            let len = if name.is_empty() { 0 } else { (name.len() + 1).div_ceil(16) * 16 };
+            let len = if name.is_empty() {
+                0
+            } else {
+                (name.len() + 1).div_ceil(16) * 16
+            };
             buf.extend_from_slice(&wd.to_ne_bytes());
             buf.extend_from_slice(&mask.to_ne_bytes());
             buf.extend_from_slice(&0u32.to_ne_bytes());

@@ -65,7 +65,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 /// Image pulls take longer: 10 ms to 10 min.
-const PULL_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
+const PULL_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new();
@@ -115,7 +117,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Compressed layer bytes received from registries."
         )?),
         cni_ops: reg!(IntCounterVec::new(
-            Opts::new("nodelet_cni_operations_total", "CNI operations by operation and result."),
+            Opts::new(
+                "nodelet_cni_operations_total",
+                "CNI operations by operation and result."
+            ),
             &["op", "result"]
         )?),
         cni_duration: reg!(HistogramVec::new(
@@ -157,6 +162,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     m.registry.register(Box::new(info.clone()))?;
     info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    // Series that exist from the start, at zero, so rates and alerts work
+    // before the first event.
+    for result in ["success", "failure"] {
+        m.pulls.with_label_values(&[result]);
+        for op in ["setup", "teardown"] {
+            m.cni_ops.with_label_values(&[op, result]);
+        }
+    }
     Ok(m)
 }
 
@@ -174,7 +187,9 @@ pub fn rpc_done(rpc: &str, elapsed: Duration, code: Option<tonic::Code>) {
 /// An image pull finished.
 pub fn image_pull_done(elapsed: Duration, ok: bool) {
     let m = &*METRICS;
-    m.pulls.with_label_values(&[if ok { "success" } else { "failure" }]).inc();
+    m.pulls
+        .with_label_values(&[if ok { "success" } else { "failure" }])
+        .inc();
     m.pull_duration.observe(elapsed.as_secs_f64());
 }
 
@@ -298,6 +313,7 @@ pub async fn serve(addr: SocketAddr, node: Arc<Node>, health: Arc<Health>) -> Re
                     async move { Ok::<_, Infallible>(answer(req, node, health).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10))
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 if let Err(e) = conn.await {
@@ -332,7 +348,11 @@ async fn answer(req: Request<hyper::body::Incoming>, node: Arc<Node>, health: Ar
             Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
         },
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n".into()),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /metrics or /healthz\n".into(),
+        ),
     }
 }
 
@@ -347,7 +367,10 @@ mod tests {
         cni_operation("setup", Duration::from_millis(20), true);
         image_pull_bytes(10);
         let text = encode();
-        assert!(text.contains("# TYPE nodelet_cri_request_duration_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE nodelet_cri_request_duration_seconds histogram"),
+            "{text}"
+        );
         assert!(text.contains("nodelet_cri_request_duration_seconds_count{rpc=\"Version\"}"));
         assert!(text.contains("nodelet_cri_request_errors_total{code=\"NotFound\",rpc=\"StopPodSandbox\"} "));
         assert!(text.contains("nodelet_cni_operations_total{op=\"setup\",result=\"success\"}"));

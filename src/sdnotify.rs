@@ -54,7 +54,11 @@ impl Notifier {
     }
 
     pub fn ready(&self, status: &str) {
-        self.notify(&format!("READY=1\nSTATUS={}\nMAINPID={}", one_line(status), std::process::id()));
+        self.notify(&format!(
+            "READY=1\nSTATUS={}\nMAINPID={}",
+            one_line(status),
+            std::process::id()
+        ));
     }
 
     pub fn status(&self, status: &str) {
@@ -146,7 +150,10 @@ mod tests {
         let path = dir.path().join("notify.sock");
         let rx = UnixDatagram::bind(&path).unwrap();
         let n = Notifier {
-            target: Some((UnixDatagram::unbound().unwrap(), SocketAddr::from_pathname(&path).unwrap())),
+            target: Some((
+                UnixDatagram::unbound().unwrap(),
+                SocketAddr::from_pathname(&path).unwrap(),
+            )),
         };
         n.ready("serving\nCRI");
         n.watchdog();

@@ -10,6 +10,8 @@ use crate::cri::{self, api};
 
 pub struct Daemon {
     child: Option<Child>,
+    /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
+    env: Vec<(String, String)>,
     /// The test's own cgroup parent (`[cgroups] parent`), torn down on drop.
     pub cgroup_parent: String,
     pub dir: tempfile::TempDir,
@@ -23,6 +25,11 @@ pub struct Daemon {
 impl Daemon {
     /// Start a daemon with `extra` appended to its TOML config.
     pub async fn start(extra: &str) -> Daemon {
+        Daemon::start_with_env(extra, &[]).await
+    }
+
+    /// Start a daemon with `extra` config and extra environment variables.
+    pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("nodelet-it-")
@@ -52,6 +59,7 @@ impl Daemon {
         std::fs::write(&config_path, config).expect("write config");
         let mut d = Daemon {
             child: None,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cgroup_parent,
             dir,
             socket,
@@ -76,6 +84,7 @@ impl Daemon {
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

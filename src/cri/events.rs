@@ -22,7 +22,8 @@ use crate::runtime::Runtime;
 /// Events kept for subscribers that have not read them yet.
 pub const BUFFER: usize = 1024;
 
-pub type EventStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+pub type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 pub struct Feed {
     tx: broadcast::Sender<Arc<cri::ContainerEventResponse>>,
@@ -77,7 +78,10 @@ impl Feed {
                     Ok(ev) => Some((Ok((*ev).clone()), (rx, counted, false))),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         crate::metrics::event_subscriber_dropped();
-                        tracing::warn!(missed = n, "a GetContainerEvents client fell behind; closing its stream");
+                        tracing::warn!(
+                            missed = n,
+                            "a GetContainerEvents client fell behind; closing its stream"
+                        );
                         let status = Status::resource_exhausted(format!(
                             "the client fell {n} events behind and was dropped; list again and resubscribe"
                         ));

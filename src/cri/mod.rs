@@ -296,7 +296,11 @@ impl CriRuntimeService for Cri {
         req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
         let node = Arc::clone(&self.node);
-        traced("ContainerStats", blocking(move || stats::container(&node, req.into_inner()))).await
+        traced(
+            "ContainerStats",
+            blocking(move || stats::container(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn list_container_stats(
@@ -304,7 +308,11 @@ impl CriRuntimeService for Cri {
         req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         let node = Arc::clone(&self.node);
-        traced("ListContainerStats", blocking(move || stats::list_containers(&node, req.into_inner()))).await
+        traced(
+            "ListContainerStats",
+            blocking(move || stats::list_containers(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn pod_sandbox_stats(
@@ -320,7 +328,11 @@ impl CriRuntimeService for Cri {
         req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let node = Arc::clone(&self.node);
-        traced("ListPodSandboxStats", blocking(move || stats::list_pods(&node, req.into_inner()))).await
+        traced(
+            "ListPodSandboxStats",
+            blocking(move || stats::list_pods(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn checkpoint_container(
@@ -351,7 +363,11 @@ impl CriRuntimeService for Cri {
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         let node = Arc::clone(&self.node);
-        traced("ListPodSandboxMetrics", blocking(move || Ok(stats::pod_sandbox_metrics(&node)))).await
+        traced(
+            "ListPodSandboxMetrics",
+            blocking(move || Ok(stats::pod_sandbox_metrics(&node))),
+        )
+        .await
     }
 }
 

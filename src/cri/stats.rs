@@ -151,7 +151,10 @@ pub fn pod(node: &Node, req: cri::PodSandboxStatsRequest) -> Result<cri::PodSand
     })
 }
 
-pub fn list_pods(node: &Node, req: cri::ListPodSandboxStatsRequest) -> Result<cri::ListPodSandboxStatsResponse, Status> {
+pub fn list_pods(
+    node: &Node,
+    req: cri::ListPodSandboxStatsRequest,
+) -> Result<cri::ListPodSandboxStatsResponse, Status> {
     let f = req.filter.unwrap_or_default();
     let stats = node
         .stats

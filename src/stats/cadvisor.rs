@@ -158,7 +158,11 @@ pub fn cgroup_metrics(who: &Subject, s: &CgroupSample, processes: Option<u64>, o
         }
         o.push("container_cpu_cfs_periods_total", c.periods, &[]);
         o.push("container_cpu_cfs_throttled_periods_total", c.throttled_periods, &[]);
-        o.push("container_cpu_cfs_throttled_seconds_total", c.throttled_ns / NS_PER_S, &[]);
+        o.push(
+            "container_cpu_cfs_throttled_seconds_total",
+            c.throttled_ns / NS_PER_S,
+            &[],
+        );
     }
     if let Some(m) = &s.memory {
         o.push("container_memory_usage_bytes", m.usage, &[]);
@@ -185,7 +189,11 @@ pub fn cgroup_metrics(who: &Subject, s: &CgroupSample, processes: Option<u64>, o
         o.push("container_memory_total_inactive_file_bytes", m.inactive_file, &[]);
         o.push("container_oom_events_total", m.oom_kills, &[]);
         o.push("container_spec_memory_limit_bytes", m.limit.unwrap_or(0), &[]);
-        o.push("container_spec_memory_reservation_limit_bytes", m.reservation.unwrap_or(0), &[]);
+        o.push(
+            "container_spec_memory_reservation_limit_bytes",
+            m.reservation.unwrap_or(0),
+            &[],
+        );
     }
     if let Some(p) = processes {
         o.push("container_processes", p, &[]);
@@ -225,7 +233,11 @@ pub fn container_extra(who: &Subject, disk: &Disk, started_at_ns: i64, now_ns: i
         o.push("container_fs_inodes_free", c.inodes_free, &dev);
     }
     if started_at_ns > 0 {
-        o.push("container_start_time_seconds", (started_at_ns / NS_PER_S as i64) as u64, &[]);
+        o.push(
+            "container_start_time_seconds",
+            (started_at_ns / NS_PER_S as i64) as u64,
+            &[],
+        );
     }
     o.push("container_last_seen", (now_ns.max(0) / NS_PER_S as i64) as u64, &[]);
 }
@@ -269,8 +281,8 @@ mod tests {
         for d in DESCRIPTORS {
             assert!(d.name.starts_with("container_"), "{}", d.name);
             // cAdvisor's one gauge named *_total counts a filesystem's inodes.
-            let counter_name = (d.name.ends_with("_total") && d.name != "container_fs_inodes_total")
-                || d.name.ends_with("failcnt");
+            let counter_name =
+                (d.name.ends_with("_total") && d.name != "container_fs_inodes_total") || d.name.ends_with("failcnt");
             assert_eq!(d.kind == Kind::Counter, counter_name, "{}", d.name);
             assert_eq!(&d.label_keys[..5], BASE_LABELS);
         }
@@ -296,7 +308,10 @@ mod tests {
                 limit: None,
                 ..Default::default()
             }),
-            pids: Some(PidsSample { current: 2, limit: None }),
+            pids: Some(PidsSample {
+                current: 2,
+                limit: None,
+            }),
             ..Default::default()
         };
         let mut out = Vec::new();
@@ -304,7 +319,12 @@ mod tests {
         network_metrics(&who, &[InterfaceSample::default()], &mut out);
         container_extra(&who, &Disk::default(), 5_000_000_000, 9_000_000_000, &mut out);
         for m in &out {
-            assert_eq!(m.labels.len(), descriptor(m.name).unwrap().label_keys.len(), "{}", m.name);
+            assert_eq!(
+                m.labels.len(),
+                descriptor(m.name).unwrap().label_keys.len(),
+                "{}",
+                m.name
+            );
         }
         let get = |n: &str| out.iter().find(|m| m.name == n).unwrap();
         assert_eq!(get("container_cpu_usage_seconds_total").value, 2);
@@ -312,6 +332,9 @@ mod tests {
         assert_eq!(get("container_spec_memory_limit_bytes").value, 0);
         assert_eq!(get("container_threads").value, 2);
         assert_eq!(get("container_start_time_seconds").value, 5);
-        assert_eq!(get("container_memory_rss").labels, ["web", "default", "app", "c1", "busybox"]);
+        assert_eq!(
+            get("container_memory_rss").labels,
+            ["web", "default", "app", "c1", "busybox"]
+        );
     }
 }

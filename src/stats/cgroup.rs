@@ -187,7 +187,12 @@ fn read_v1(cpuacct: Option<&Path>, cpu: Option<&Path>, memory: Option<&Path>, pi
             let text = read_file(dir, "memory.stat").unwrap_or_default();
             let st = parse_flat_keyed(&text);
             // The total_ keys include child cgroups (a pod's containers).
-            let get = |k: &str| st.get(format!("total_{k}").as_str()).or(st.get(k)).copied().unwrap_or(0);
+            let get = |k: &str| {
+                st.get(format!("total_{k}").as_str())
+                    .or(st.get(k))
+                    .copied()
+                    .unwrap_or(0)
+            };
             let inactive_file = get("inactive_file");
             let limited = |v: Option<u64>| v.filter(|l| *l < V1_UNLIMITED);
             let oom = read_file(dir, "memory.oom_control").unwrap_or_default();
@@ -267,7 +272,10 @@ fn read_v2(dir: &Path) -> CgroupSample {
             kernel: st.get("kernel").copied().or_else(|| {
                 // Before Linux 6.1 there is no "kernel" key: sum its parts.
                 let parts = ["kernel_stack", "pagetables", "percpu", "sock", "vmalloc", "slab"];
-                parts.iter().any(|k| st.contains_key(k)).then(|| parts.iter().map(|k| get(k)).sum())
+                parts
+                    .iter()
+                    .any(|k| st.contains_key(k))
+                    .then(|| parts.iter().map(|k| get(k)).sum())
             }),
             active_file: get("active_file"),
             inactive_file,
@@ -315,7 +323,9 @@ mod tests {
     use crate::runtime::cgroups::Hierarchy;
 
     fn testdata(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("src/stats/testdata").join(rel)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/stats/testdata")
+            .join(rel)
     }
 
     /// The v1 fixture was captured on the hybrid development host: a cgroup
@@ -359,7 +369,13 @@ mod tests {
         // The default soft limit is "none".
         assert_eq!(m.reservation, None);
         assert_eq!(m.oom_kills, 0);
-        assert_eq!(s.pids, Some(PidsSample { current: 0, limit: None }));
+        assert_eq!(
+            s.pids,
+            Some(PidsSample {
+                current: 0,
+                limit: None
+            })
+        );
     }
 
     #[test]
@@ -400,7 +416,13 @@ mod tests {
         assert_eq!(m.max_usage, Some(60_000_000));
         assert_eq!((m.fail_count, m.oom_kills), (3, 1));
         assert_eq!(m.swap, Some(0));
-        assert_eq!(s.pids, Some(PidsSample { current: 3, limit: None }));
+        assert_eq!(
+            s.pids,
+            Some(PidsSample {
+                current: 3,
+                limit: None
+            })
+        );
     }
 
     #[test]

@@ -106,9 +106,7 @@ impl Stats {
     /// one.
     fn rate(&self, key: &str, usage_ns: u64, at: Instant) -> Option<u64> {
         let mut prev = self.previous.lock().expect("stats");
-        let rate = prev
-            .get(key)
-            .and_then(|p| nano_cores(p.usage_ns, p.at, usage_ns, at));
+        let rate = prev.get(key).and_then(|p| nano_cores(p.usage_ns, p.at, usage_ns, at));
         // Only a newer sample replaces the stored one (two concurrent
         // callers may finish out of order).
         if prev.get(key).is_none_or(|p| p.at < at) {
@@ -207,9 +205,21 @@ impl Stats {
                 .iter()
                 .map(|(c, u)| {
                     let who = cadvisor::Subject {
-                        container: c.record.config.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+                        container: c
+                            .record
+                            .config
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.name.clone())
+                            .unwrap_or_default(),
                         id: c.record.id.clone(),
-                        image: c.record.config.image.as_ref().map(|i| i.image.clone()).unwrap_or_default(),
+                        image: c
+                            .record
+                            .config
+                            .image
+                            .as_ref()
+                            .map(|i| i.image.clone())
+                            .unwrap_or_default(),
                         ..who.clone()
                     };
                     let mut samples = Vec::new();
@@ -245,7 +255,10 @@ impl Stats {
     /// writable layer).
     pub fn container(&self, rt: &Runtime, view: &ContainerView) -> ContainerUsage {
         let (cgroup, at, timestamp) = sample(rt, &view.record.cgroup);
-        let nano_cores = cgroup.cpu.as_ref().and_then(|c| self.rate(&view.record.id, c.usage_ns, at));
+        let nano_cores = cgroup
+            .cpu
+            .as_ref()
+            .and_then(|c| self.rate(&view.record.id, c.usage_ns, at));
         let containers_dir = rt.config.root_dir.join("containers");
         ContainerUsage {
             timestamp,
@@ -260,7 +273,10 @@ impl Stats {
     /// Usage of a pod and the given containers of it (blocking).
     pub fn pod(&self, rt: &Runtime, pod: &PodView, containers: Vec<ContainerView>) -> PodUsage {
         let (cgroup, at, timestamp) = sample(rt, &pod.record.cgroup);
-        let nano_cores = cgroup.cpu.as_ref().and_then(|c| self.rate(&pod.record.id, c.usage_ns, at));
+        let nano_cores = cgroup
+            .cpu
+            .as_ref()
+            .and_then(|c| self.rate(&pod.record.id, c.usage_ns, at));
         let network = if pod.record.host_network || !pod.ready {
             None
         } else {
