@@ -142,7 +142,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         events: reg!(IntCounterVec::new(
             Opts::new(
                 "nodelet_container_events_total",
-                "Container and sandbox lifecycle events sent to GetContainerEvents subscribers, by type."
+                "Container and sandbox lifecycle events (GetContainerEvents), by type."
             ),
             &["type"]
         )?),

@@ -9,7 +9,7 @@
 //! relists and subscribes again); a client that goes away simply drops its
 //! receiver.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use k8s_cri::v1 as cri;
@@ -29,30 +29,32 @@ pub struct Feed {
     tx: broadcast::Sender<Arc<cri::ContainerEventResponse>>,
 }
 
-/// The last statuses seen of a pod and its containers, for events about
-/// objects already gone (a kubelet needs the pod's metadata even in a
-/// deletion event).
-#[derive(Default)]
-struct Snapshot {
-    pod: Option<cri::PodSandboxStatus>,
-    containers: BTreeMap<String, cri::ContainerStatus>,
-}
-
 impl Feed {
     /// Start following the runtime.
     pub fn start(rt: &Arc<Runtime>) -> Arc<Feed> {
         let (tx, _) = broadcast::channel(BUFFER);
         let feed = Arc::new(Feed { tx: tx.clone() });
-        let mut snapshots: HashMap<String, Snapshot> = HashMap::new();
+        // The last status seen of each pod: a kubelet needs the pod's
+        // identity even in the event that says it is gone.
+        let mut pods: HashMap<String, cri::PodSandboxStatus> = HashMap::new();
+        for p in rt.pods() {
+            if let Some(st) = pod_status(rt, &p.record.id) {
+                pods.insert(p.record.id.clone(), st);
+            }
+        }
         crate::events::start(
             Arc::clone(rt),
             Box::new(move |rt: &Runtime, batch: Vec<Transition>| {
                 for t in batch {
-                    let ev = build(rt, &mut snapshots, &t);
                     crate::metrics::container_event(t.kind.as_str());
                     tracing::debug!(id = %t.id, pod = %t.pod_id, sandbox = t.sandbox, kind = t.kind.as_str(), "container event");
-                    // No subscriber is not an error.
-                    let _ = tx.send(Arc::new(ev));
+                    // With nobody subscribed only the pods' statuses are
+                    // kept up; the rest would be thrown away.
+                    let listening = tx.receiver_count() > 0;
+                    if let Some(ev) = build(rt, &mut pods, &t, listening) {
+                        // Everyone may have gone meanwhile: not an error.
+                        let _ = tx.send(Arc::new(ev));
+                    }
                 }
             }),
         );
@@ -103,57 +105,54 @@ fn event_type(kind: EventKind) -> cri::ContainerEventType {
     }
 }
 
+fn pod_status(rt: &Runtime, id: &str) -> Option<cri::PodSandboxStatus> {
+    let req = cri::PodSandboxStatusRequest {
+        pod_sandbox_id: id.to_string(),
+        verbose: false,
+    };
+    super::sandbox::status(rt, req).ok()?.status
+}
+
 /// The CRI event for one transition, with the pod's statuses as they are
-/// now (or as last seen, for what is gone).
-fn build(rt: &Runtime, snapshots: &mut HashMap<String, Snapshot>, t: &Transition) -> cri::ContainerEventResponse {
-    let snap = snapshots.entry(t.pod_id.clone()).or_default();
-    if let Ok(s) = super::sandbox::status(
-        rt,
-        cri::PodSandboxStatusRequest {
-            pod_sandbox_id: t.pod_id.clone(),
-            verbose: false,
-        },
-    ) {
-        snap.pod = s.status;
-    }
-    let mut live: Vec<String> = rt.pod_containers(&t.pod_id).into_iter().map(|c| c.id).collect();
-    live.sort();
-    snap.containers.retain(|id, _| live.contains(id) || *id == t.id);
-    for id in live {
-        if let Ok(s) = super::container::status(
-            rt,
-            cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            },
-        ) {
-            if let Some(s) = s.status {
-                snap.containers.insert(id, s);
-            }
+/// now (the pod's as last seen once it is gone); None when nobody listens.
+fn build(
+    rt: &Runtime,
+    pods: &mut HashMap<String, cri::PodSandboxStatus>,
+    t: &Transition,
+    listening: bool,
+) -> Option<cri::ContainerEventResponse> {
+    if t.sandbox || listening {
+        if let Some(st) = pod_status(rt, &t.pod_id) {
+            pods.insert(t.pod_id.clone(), st);
         }
     }
-    // A deleted container is no longer among its pod's containers.
-    let gone = (t.kind == EventKind::Deleted).then_some(t.id.as_str());
-    let mut containers: Vec<cri::ContainerStatus> = snap
-        .containers
-        .values()
-        .filter(|c| Some(c.id.as_str()) != gone)
-        .cloned()
+    let pod = if t.sandbox && t.kind == EventKind::Deleted {
+        pods.remove(&t.pod_id)
+    } else {
+        pods.get(&t.pod_id).cloned()
+    };
+    if !listening {
+        return None;
+    }
+    // The pod's containers now; a deleted one is no longer among them.
+    let mut containers: Vec<cri::ContainerStatus> = rt
+        .pod_containers(&t.pod_id)
+        .into_iter()
+        .filter(|c| !(t.kind == EventKind::Deleted && c.id == t.id))
+        .filter_map(|c| {
+            let req = cri::ContainerStatusRequest {
+                container_id: c.id,
+                verbose: false,
+            };
+            super::container::status(rt, req).ok()?.status
+        })
         .collect();
     containers.sort_by_key(|c| c.created_at);
-    let ev = cri::ContainerEventResponse {
+    Some(cri::ContainerEventResponse {
         container_id: t.id.clone(),
         container_event_type: event_type(t.kind) as i32,
         created_at: t.at,
-        pod_sandbox_status: snap.pod.clone(),
+        pod_sandbox_status: pod,
         containers_statuses: containers,
-    };
-    if t.kind == EventKind::Deleted {
-        if t.sandbox {
-            snapshots.remove(&t.pod_id);
-        } else {
-            snap.containers.remove(&t.id);
-        }
-    }
-    ev
+    })
 }
