@@ -191,11 +191,26 @@ async fn stats_of_a_busy_container_match_the_kernel() {
     let infra = w.infra_pid(&pod_id).await;
     let subnet = (std::process::id() % 200) as u8 + 20;
     let _veth = Veth::new(infra, subnet);
+    // A fresh veth drops what is sent before its carrier is up, so send
+    // until the pod's side has counted 20 kB (the UDP port is closed: the
+    // pod answers with ICMP, which counts as transmitted).
     let sock = std::net::UdpSocket::bind(format!("10.213.{subnet}.1:0")).unwrap();
-    for _ in 0..20 {
-        sock.send_to(&[7u8; 1000], format!("10.213.{subnet}.2:9")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rx_now = |pid: i32| -> u64 {
+        let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
+        dev.lines()
+            .find_map(|l| l.trim_start().strip_prefix("eth0:"))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    while rx_now(infra) < 20 * 1000 {
+        assert!(Instant::now() < deadline, "no traffic reached the pod");
+        for _ in 0..5 {
+            let _ = sock.send_to(&[7u8; 1000], format!("10.213.{subnet}.2:9"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let truth_rx = rx_now(infra);
 
     // The pod's stats: its cgroup holds the container and the infra.
     let ps =
@@ -228,7 +243,9 @@ async fn stats_of_a_busy_container_match_the_kernel() {
         val(&eth0.rx_bytes),
         val(&eth0.tx_bytes)
     );
-    assert!(val(&eth0.rx_bytes) >= 20 * 1000, "{eth0:?}");
+    // The kernel's own counter, read before the RPC: nothing else sends.
+    assert!(val(&eth0.rx_bytes) >= truth_rx, "{eth0:?} vs {truth_rx}");
+    assert!(val(&eth0.rx_bytes) < truth_rx + 2000, "{eth0:?} vs {truth_rx}");
     assert!(val(&eth0.tx_bytes) > 0, "{eth0:?}");
     assert!(net.interfaces.iter().all(|i| i.name != "lo"));
 
@@ -360,7 +377,18 @@ async fn stats_of_a_busy_container_match_the_kernel() {
         (48 * MIB) as f64,
         0.10
     ));
-    assert!(get("container_cpu_usage_seconds_total").value.as_ref().unwrap().value >= 1);
+    // Whole seconds (the CRI carries integers) of the cgroup's count.
+    let cpu_s = get("container_cpu_usage_seconds_total").value.as_ref().unwrap().value;
+    let later = val(&container_stats(&mut w.rt, &c)
+        .await
+        .cpu
+        .unwrap()
+        .usage_core_nano_seconds);
+    let earlier = val(&s2.cpu.as_ref().unwrap().usage_core_nano_seconds);
+    assert!(
+        (earlier / 1_000_000_000..=later / 1_000_000_000).contains(&cpu_s),
+        "{cpu_s} s vs {earlier}..{later} ns"
+    );
     assert_eq!(
         get("container_spec_memory_limit_bytes").value.as_ref().unwrap().value,
         limit

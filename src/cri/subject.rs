@@ -36,19 +36,11 @@ impl Subject {
     pub fn current() -> Option<Subject> {
         let mut s = SUBJECT.try_with(Subject::clone).ok()?;
         let Some(rt) = s.runtime.take() else { return Some(s) };
-        if s.pod.is_none() {
-            s.pod = s
-                .container
-                .as_deref()
-                .and_then(|c| rt.container(c).ok())
-                .map(|c| c.record.pod_id);
-        }
-        if s.container_name.is_none() {
-            s.container_name = s
-                .container
-                .as_deref()
-                .and_then(|c| rt.container(c).ok())
-                .and_then(|c| c.record.config.metadata.map(|m| m.name));
+        if let Some(c) = s.container.as_deref().and_then(|c| rt.container(c).ok()) {
+            s.pod.get_or_insert(c.record.pod_id);
+            if s.container_name.is_none() {
+                s.container_name = c.record.config.metadata.map(|m| m.name);
+            }
         }
         if s.pod_name.is_none() {
             s.pod_name = s
