@@ -5,11 +5,13 @@
 #   install-deps.sh test    that, plus what the tests and benchmarks run:
 #                           busybox (test images), docker-registry + skopeo
 #                           (local registry), containerd + runc (the
-#                           benchmarks' reference), iproute2
+#                           benchmarks' reference), iproute2, systemd
+#                           (`systemd-analyze verify` checks the unit files;
+#                           systemd need not be PID 1)
 set -euo pipefail
 
 build_pkgs=(protobuf-compiler pkg-config libseccomp-dev gcc libc6-dev)
-test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client)
+test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client systemd)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-build}" == "test" ]]; then

@@ -65,6 +65,7 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     pub cni: CniConfig,
     pub cgroups: CgroupsConfig,
+    pub metrics: MetricsConfig,
     pub static_pods: StaticPodsConfig,
 }
 
@@ -170,6 +171,13 @@ pub struct CgroupsConfig {
     pub parent: String,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` and `/healthz` are served over HTTP; none: off.
+    pub address: Option<std::net::SocketAddr>,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -186,6 +194,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             cgroups: CgroupsConfig::default(),
             static_pods: StaticPodsConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -424,6 +433,7 @@ mod tests {
         assert_eq!(c.root_dir, PathBuf::from("/var/lib/nodelet"));
         assert_eq!(c.state_dir, PathBuf::from("/run/nodelet"));
         assert_eq!(c.cgroups.driver, CgroupDriver::Cgroupfs);
+        assert_eq!(c.metrics.address, None);
     }
 
     #[test]
@@ -439,11 +449,14 @@ mod tests {
             mirrors = ["http://127.0.0.1:5001"]
             username = "u"
             password = "p"
+            [metrics]
+            address = "127.0.0.1:9595"
         "#;
         let mut c = Config::from_toml(text, Path::new("x.toml")).unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
         assert_eq!(c.images.max_concurrent_downloads, 5);
         assert_eq!(c.images.max_manifest_bytes, 4 << 20);
+        assert_eq!(c.metrics.address, Some("127.0.0.1:9595".parse().unwrap()));
         assert!(c.registries["127.0.0.1:5000"].plain_http);
         assert_eq!(c.registries["docker.io"].mirrors, vec!["http://127.0.0.1:5001"]);
         let args = ServeArgs {

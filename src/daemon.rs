@@ -102,6 +102,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     if config.cgroups.driver == CgroupDriver::Systemd {
         bail!("cgroups.driver = \"systemd\" is not supported yet; use \"cgroupfs\"");
     }
+    let notify = Arc::new(crate::sdnotify::Notifier::from_env());
+    notify.status("opening state");
     fsutil::ensure_dir(&config.root_dir, 0o711)
         .with_context(|| format!("cannot create root_dir {}", config.root_dir.display()))?;
     fsutil::ensure_dir(&config.state_dir, 0o711)
@@ -132,6 +134,11 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         .context("cannot open nodelet's state")?;
 
     let listener = bind_socket(&config.socket)?;
+
+    let health = crate::metrics::Health::new(config.socket.clone());
+    if let Some(addr) = config.metrics.address {
+        crate::metrics::serve(addr, Arc::clone(&node), Arc::clone(&health)).await?;
+    }
     let cri = Cri::new(Arc::clone(&node));
 
     // Static pods, their status endpoint, and the kubelet's view of CRI.
@@ -185,8 +192,12 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
                 let _ = main_stop.changed().await;
             }),
     );
+    health.set_serving(true);
+    crate::sdnotify::serving(&notify, &node);
     let signal = wait_for_signal().await?;
     tracing::info!(signal, "shutting down");
+    health.set_serving(false);
+    notify.stopping(&format!("{signal}: shutting down; pods keep running"));
     let _ = stop_tx.send(true);
     // Static pods keep running: the next daemon adopts them.
     if let Some(sp) = &static_pods {

@@ -5,14 +5,18 @@ pub mod cli;
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod events;
 pub mod fsutil;
 pub mod image;
 pub mod infra;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod runtime;
+pub mod sdnotify;
 pub mod static_pods;
+pub mod stats;
 
 /// Now, as Unix nanoseconds (the CRI's timestamps).
 pub fn unix_nanos() -> i64 {

@@ -22,6 +22,7 @@ pub struct Node {
     pub images: Arc<ImageService>,
     pub runtime: Arc<Runtime>,
     pub network: Arc<Network>,
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl Node {
@@ -43,6 +44,7 @@ impl Node {
             images,
             runtime,
             network,
+            stats: Arc::new(crate::stats::Stats::new()),
         }))
     }
 

@@ -13,6 +13,8 @@ pub struct Daemon {
     /// The network namespace the daemon runs in (the test's "node"), if
     /// not the host's.
     pub netns: Option<std::sync::Arc<crate::netns::NetNs>>,
+    /// Extra environment for the daemon process (e.g. `NOTIFY_SOCKET`).
+    env: Vec<(String, String)>,
     /// The test's own cgroup parent (`[cgroups] parent`), torn down on drop.
     pub cgroup_parent: String,
     pub dir: tempfile::TempDir,
@@ -27,12 +29,25 @@ impl Daemon {
     /// Start a daemon with `extra` appended to its TOML config, in the
     /// host's network namespace (for tests that create no pod networks).
     pub async fn start(extra: &str) -> Daemon {
-        Self::start_in(extra, None).await
+        Self::start_full(extra, &[], None).await
     }
 
     /// Start a daemon inside `netns`: its bridge, addresses and nftables
     /// rules stay in that namespace, the test's node.
     pub async fn start_in(extra: &str, netns: Option<std::sync::Arc<crate::netns::NetNs>>) -> Daemon {
+        Self::start_full(extra, &[], netns).await
+    }
+
+    /// Start a daemon with `extra` config and extra environment variables.
+    pub async fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(extra, env, None).await
+    }
+
+    pub async fn start_full(
+        extra: &str,
+        env: &[(&str, &str)],
+        netns: Option<std::sync::Arc<crate::netns::NetNs>>,
+    ) -> Daemon {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("nodelet-it-")
@@ -68,6 +83,7 @@ impl Daemon {
         let mut d = Daemon {
             child: None,
             netns,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             cgroup_parent,
             dir,
             socket,
@@ -95,6 +111,7 @@ impl Daemon {
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);

@@ -17,17 +17,22 @@ use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::{RuntimeService as CriRuntimeService, RuntimeServiceServer};
 use tonic::{Request, Response, Status};
 
-use super::{Cri, EventStream};
+use super::events::EventStream;
+use super::subject::WithSubject;
+use super::Cri;
 use crate::node::Node;
 
 #[derive(Clone)]
 pub struct KubeletView {
-    inner: Cri,
+    /// The full service, with each request's subject in scope for logs.
+    inner: WithSubject,
 }
 
 impl KubeletView {
-    pub fn new(inner: Cri) -> KubeletView {
-        KubeletView { inner }
+    pub fn new(cri: Cri) -> KubeletView {
+        KubeletView {
+            inner: WithSubject(cri),
+        }
     }
 
     pub fn runtime_server(&self) -> RuntimeServiceServer<KubeletView> {
@@ -36,12 +41,12 @@ impl KubeletView {
 
     /// Images are shared by every pod; the kubelet's image GC must see
     /// them all (the runtime refuses to remove an image a container uses).
-    pub fn image_server(&self) -> ImageServiceServer<Cri> {
-        self.inner.image_server()
+    pub fn image_server(&self) -> ImageServiceServer<WithSubject> {
+        self.inner.0.image_server()
     }
 
     fn node(&self) -> &Arc<Node> {
-        &self.inner.node
+        &self.inner.0.node
     }
 
     fn hidden_pod(&self, id: &str) -> bool {

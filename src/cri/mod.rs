@@ -4,14 +4,16 @@
 //! `k8s-cri` crate's.
 
 pub mod container;
+pub mod events;
 pub mod images;
 pub mod kubelet_view;
 pub mod runtime_info;
 pub mod sandbox;
+pub mod stats;
 pub mod status;
+pub mod subject;
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,19 +30,21 @@ use status::not_yet;
 #[derive(Clone)]
 pub struct Cri {
     node: Arc<Node>,
+    events: Arc<events::Feed>,
 }
 
 impl Cri {
     pub fn new(node: Arc<Node>) -> Cri {
-        Cri { node }
+        let events = events::Feed::start(&node.runtime);
+        Cri { node, events }
     }
 
-    pub fn runtime_server(&self) -> RuntimeServiceServer<Cri> {
-        RuntimeServiceServer::new(self.clone())
+    pub fn runtime_server(&self) -> RuntimeServiceServer<subject::WithSubject> {
+        RuntimeServiceServer::new(subject::WithSubject(self.clone()))
     }
 
-    pub fn image_server(&self) -> ImageServiceServer<Cri> {
-        ImageServiceServer::new(self.clone())
+    pub fn image_server(&self) -> ImageServiceServer<subject::WithSubject> {
+        ImageServiceServer::new(subject::WithSubject(self.clone()))
     }
 }
 
@@ -69,18 +73,41 @@ pub async fn drained() {
 }
 
 /// Run one RPC body, logging its name, duration and outcome at debug level
-/// (errors that mean a bug at error level).
+/// (errors that mean a bug at error level), with the pod, container and
+/// image it concerns as fields, and counting it in the metrics.
 async fn traced<T>(rpc: &'static str, body: impl Future<Output = Result<T, Status>>) -> Result<Response<T>, Status> {
     let _guard = InFlightGuard::new();
     let start = Instant::now();
     let result = body.await;
-    let micros = start.elapsed().as_micros() as u64;
+    let elapsed = start.elapsed();
+    let micros = elapsed.as_micros() as u64;
+    crate::metrics::rpc_done(rpc, elapsed, result.as_ref().err().map(|s| s.code()));
     match &result {
         Ok(_) => tracing::debug!(rpc, micros, "ok"),
-        Err(s) if s.code() == tonic::Code::Internal => {
-            tracing::error!(rpc, micros, code = ?s.code(), error = s.message(), "failed")
+        Err(s) => {
+            let who = subject::Subject::current().unwrap_or_default();
+            macro_rules! failed {
+                ($level:ident) => {
+                    tracing::$level!(
+                        rpc,
+                        micros,
+                        code = ?s.code(),
+                        error = s.message(),
+                        pod = who.pod.as_deref(),
+                        pod_name = who.pod_name.as_deref(),
+                        container = who.container.as_deref(),
+                        container_name = who.container_name.as_deref(),
+                        image = who.image.as_deref(),
+                        "failed"
+                    )
+                };
+            }
+            if s.code() == tonic::Code::Internal {
+                failed!(error)
+            } else {
+                failed!(debug)
+            }
         }
-        Err(s) => tracing::debug!(rpc, micros, code = ?s.code(), error = s.message(), "failed"),
     }
     result.map(Response::new)
 }
@@ -91,8 +118,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Sen
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
-
-type EventStream = Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl CriRuntimeService for Cri {
@@ -283,30 +308,46 @@ impl CriRuntimeService for Cri {
 
     async fn container_stats(
         &self,
-        _req: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        traced("ContainerStats", async { Err(not_yet("ContainerStats")) }).await
+        let node = Arc::clone(&self.node);
+        traced(
+            "ContainerStats",
+            blocking(move || stats::container(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn list_container_stats(
         &self,
-        _req: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        traced("ListContainerStats", async { Err(not_yet("ListContainerStats")) }).await
+        let node = Arc::clone(&self.node);
+        traced(
+            "ListContainerStats",
+            blocking(move || stats::list_containers(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        traced("PodSandboxStats", async { Err(not_yet("PodSandboxStats")) }).await
+        let node = Arc::clone(&self.node);
+        traced("PodSandboxStats", blocking(move || stats::pod(&node, req.into_inner()))).await
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        traced("ListPodSandboxStats", async { Err(not_yet("ListPodSandboxStats")) }).await
+        let node = Arc::clone(&self.node);
+        traced(
+            "ListPodSandboxStats",
+            blocking(move || stats::list_pods(&node, req.into_inner())),
+        )
+        .await
     }
 
     async fn checkpoint_container(
@@ -316,27 +357,32 @@ impl CriRuntimeService for Cri {
         traced("CheckpointContainer", async { Err(not_yet("CheckpointContainer")) }).await
     }
 
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = events::EventStream;
 
     async fn get_container_events(
         &self,
         _req: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        traced("GetContainerEvents", async { Err(not_yet("GetContainerEvents")) }).await
+        traced("GetContainerEvents", async { Ok(self.events.subscribe()) }).await
     }
 
     async fn list_metric_descriptors(
         &self,
         _req: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        traced("ListMetricDescriptors", async { Err(not_yet("ListMetricDescriptors")) }).await
+        traced("ListMetricDescriptors", async { Ok(stats::metric_descriptors()) }).await
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        traced("ListPodSandboxMetrics", async { Err(not_yet("ListPodSandboxMetrics")) }).await
+        let node = Arc::clone(&self.node);
+        traced(
+            "ListPodSandboxMetrics",
+            blocking(move || Ok(stats::pod_sandbox_metrics(&node))),
+        )
+        .await
     }
 }
 

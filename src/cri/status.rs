@@ -9,6 +9,7 @@ use crate::image::registry::RegistryError;
 use crate::image::ImageError;
 use crate::runtime::spec::SpecError;
 use crate::runtime::RuntimeError;
+use crate::stats::StatsError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -66,6 +67,16 @@ impl From<RuntimeError> for Status {
 impl From<crate::network::NetworkError> for Status {
     fn from(e: crate::network::NetworkError) -> Status {
         Status::from(RuntimeError::Network(e))
+    }
+}
+
+impl From<StatsError> for Status {
+    fn from(e: StatsError) -> Status {
+        match e {
+            StatsError::Runtime(r) => r.into(),
+            // As containerd answers for a sandbox that is not running.
+            StatsError::NotReady(_) => Status::unavailable(e.to_string()),
+        }
     }
 }
 

@@ -97,7 +97,10 @@ impl ImageService {
 
     /// Pull `image` (any reference form) and return its record.
     pub async fn pull(self: &Arc<Self>, image: &str, creds: &Credentials) -> Result<ImageRecord, ImageError> {
-        pull::pull(self, image, creds).await
+        let start = std::time::Instant::now();
+        let result = pull::pull(self, image, creds).await;
+        crate::metrics::image_pull_done(start.elapsed(), result.is_ok());
+        result
     }
 
     /// Find an image by ID (`sha256:<hex>` or bare hex), tag reference

@@ -474,6 +474,7 @@ async fn download_and_unpack(
             Ok(Some(Ok(c))) => c,
         };
         received += chunk.len() as u64;
+        crate::metrics::image_pull_bytes(chunk.len());
         if received > layer.size {
             transfer_error = Some(RegistryError::SizeMismatch {
                 url: url.clone(),

@@ -173,6 +173,13 @@ impl Network {
 
     /// Attach a pod (CNI ADD). Blocking.
     pub fn setup(&self, pod: &PodRef) -> Result<Attachment, NetworkError> {
+        let start = std::time::Instant::now();
+        let result = self.add(pod);
+        crate::metrics::cni_operation("setup", start.elapsed(), result.is_ok());
+        result
+    }
+
+    fn add(&self, pod: &PodRef) -> Result<Attachment, NetworkError> {
         match self.source()? {
             Source::Builtin(conf) => {
                 let bridge = self.builtin(&conf, pod)?;
@@ -205,6 +212,13 @@ impl Network {
     /// Detach a pod (CNI DEL). Idempotent: a pod that was never (fully)
     /// attached, or whose namespace is gone, is fine.
     pub fn teardown(&self, pod: &PodRef, att: &Attachment) -> Result<(), NetworkError> {
+        let start = std::time::Instant::now();
+        let result = self.del(pod, att);
+        crate::metrics::cni_operation("teardown", start.elapsed(), result.is_ok());
+        result
+    }
+
+    fn del(&self, pod: &PodRef, att: &Attachment) -> Result<(), NetworkError> {
         if att.external {
             return match external::find(&self.config.cni.conf_dir)? {
                 Some(list) => external::del(&list, &self.config.cni.bin_dirs, pod, &att.result),

@@ -107,6 +107,7 @@ impl Runtime {
         match built.and_then(|r| r) {
             Ok(record) => {
                 self.index.lock().expect("index").containers.insert(id.clone(), record);
+                self.changes.mark(&id);
                 Ok(id)
             }
             Err(e) => {
@@ -306,6 +307,7 @@ impl Runtime {
         let pod_dir = self.pod_state_dir(&rec.pod_id);
         match infra_client::call(&pod_dir, &Request::Start(start), Duration::from_secs(130)).await {
             Ok(_) => {
+                self.changes.mark(id);
                 tracing::info!(container = %id, pod = %rec.pod_id, "container started");
                 Ok(())
             }
@@ -327,6 +329,7 @@ impl Runtime {
                     &serde_json::to_vec(&st).unwrap_or_default(),
                     false,
                 );
+                self.changes.mark(id);
                 let rt = Arc::clone(self);
                 let cg = rec.cgroup.clone();
                 let state = pod_dir.join("runc").join(id);
@@ -439,6 +442,7 @@ impl Runtime {
             idx.names.remove(&format!("ctr:{}", rec.name));
         }
         self.forget_lock(id);
+        self.changes.mark(id);
         tracing::info!(container = %id, "container removed");
         Ok(())
     }

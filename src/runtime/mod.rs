@@ -127,6 +127,8 @@ pub struct Runtime {
     /// One async lock per pod or container ID: operations on one object
     /// are serialised, different objects proceed in parallel.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Objects changed since the event watcher last looked.
+    pub changes: crate::events::Changes,
 }
 
 impl Runtime {
@@ -174,6 +176,7 @@ impl Runtime {
             host,
             index: Mutex::new(Index::default()),
             locks: Mutex::new(HashMap::new()),
+            changes: crate::events::Changes::new(),
         });
         let rt2 = Arc::clone(&rt);
         tokio::task::spawn_blocking(move || rt2.recover())
@@ -242,6 +245,7 @@ impl Runtime {
         for mut p in pods {
             if p.ready && !sandbox::infra_alive(&p) {
                 tracing::warn!(pod = %p.id, "the pod's infra process is gone; marking the pod not ready");
+                crate::metrics::infra_died();
                 p.ready = false;
                 let _ = records::save_pod(&self.pod_record_path(&p.id), &p);
             }

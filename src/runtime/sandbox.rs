@@ -282,6 +282,7 @@ impl Runtime {
         match setup {
             Ok(record) => {
                 self.index.lock().expect("index").pods.insert(id.clone(), record);
+                self.changes.mark(&id);
                 tracing::info!(pod = %id, name = %name, "pod sandbox running");
                 Ok(id)
             }
@@ -367,6 +368,7 @@ impl Runtime {
         )
         .map_err(io_err("write infra.json")));
         let (pid, start_time) = tri!(spawn_infra(&dir).await);
+        crate::metrics::infra_started();
         record.infra_pid = pid;
         record.infra_start_time = start_time;
         // Pin the pod's namespaces to paths under its state directory.
@@ -459,10 +461,12 @@ impl Runtime {
         };
         let Some(record) = record else { return };
         tracing::warn!(pod = %pod, pid, "the pod's infra process died; the pod is not ready");
+        crate::metrics::infra_died();
         let _ = records::save_pod(&self.pod_record_path(pod), &record);
         for c in self.pod_containers(pod) {
             self.settle_dead(&c);
         }
+        self.changes.mark(pod);
     }
 
     pub(crate) fn pod_containers(&self, pod: &str) -> Vec<super::ContainerRecord> {
@@ -546,6 +550,7 @@ impl Runtime {
                 .expect("index")
                 .pods
                 .insert(record.id.clone(), record.clone());
+            self.changes.mark(&record.id);
             tracing::info!(pod = %record.id, "pod sandbox stopped");
         }
         Ok(())
@@ -569,6 +574,7 @@ impl Runtime {
             idx.names.remove(&format!("pod:{}", record.name));
         }
         self.forget_lock(id);
+        self.changes.mark(id);
         tracing::info!(pod = %id, "pod sandbox removed");
         Ok(())
     }
