@@ -61,6 +61,7 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     pub cni: CniConfig,
     pub cgroups: CgroupsConfig,
+    pub streaming: crate::streaming::StreamingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +130,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             cni: CniConfig::default(),
             cgroups: CgroupsConfig::default(),
+            streaming: Default::default(),
         }
     }
 }
@@ -258,6 +260,7 @@ impl Config {
                 self.cgroups.parent
             )));
         }
+        self.streaming.validate().map_err(ConfigError::Invalid)?;
         for (host, reg) in &self.registries {
             if host.is_empty() || host.contains('/') {
                 return Err(ConfigError::Invalid(format!(

@@ -11,6 +11,7 @@ pub mod infra;
 pub mod logging;
 pub mod node;
 pub mod runtime;
+pub mod streaming;
 
 /// Now, as Unix nanoseconds (the CRI's timestamps).
 pub fn unix_nanos() -> i64 {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::image::ImageService;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::streaming::Streaming;
 
 /// A readiness condition as the CRI `Status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,7 @@ pub struct Node {
     pub config: Arc<Config>,
     pub images: Arc<ImageService>,
     pub runtime: Arc<Runtime>,
+    pub streaming: Arc<Streaming>,
 }
 
 impl Node {
@@ -35,10 +37,14 @@ impl Node {
         tokio::task::spawn_blocking(move || im.collect_garbage())
             .await
             .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        let streaming = Streaming::start(config.streaming.clone(), Arc::clone(&runtime))
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         Ok(Arc::new(Node {
             config,
             images,
             runtime,
+            streaming,
         }))
     }
 

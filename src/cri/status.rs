@@ -9,6 +9,7 @@ use crate::image::registry::RegistryError;
 use crate::image::ImageError;
 use crate::runtime::spec::SpecError;
 use crate::runtime::RuntimeError;
+use crate::streaming::StreamingError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -58,6 +59,17 @@ impl From<RuntimeError> for Status {
             RuntimeError::Cgroup(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<StreamingError> for Status {
+    fn from(e: StreamingError) -> Status {
+        match e {
+            StreamingError::Runtime(r) => Status::from(r),
+            StreamingError::InvalidArgument(m) => Status::invalid_argument(m),
+            e @ StreamingError::TooManyRequests(_) => Status::resource_exhausted(e.to_string()),
+            e @ StreamingError::Setup(_) => Status::internal(e.to_string()),
+        }
     }
 }
 
