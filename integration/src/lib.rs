@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod pods;
 pub mod registry;
+pub mod streaming_client;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
