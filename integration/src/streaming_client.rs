@@ -132,7 +132,37 @@ pub struct ClientStream {
     ended: bool,
 }
 
+/// The writing half of a client stream (to write while reading).
+#[derive(Clone)]
+pub struct ClientWriter {
+    id: u32,
+    out: mpsc::Sender<Frame>,
+}
+
+impl ClientWriter {
+    pub async fn write(&self, data: &[u8]) -> anyhow::Result<()> {
+        for chunk in data.chunks(32 << 10) {
+            self.out
+                .send(Frame::Data {
+                    stream_id: self.id,
+                    flags: 0,
+                    data: Bytes::copy_from_slice(chunk),
+                })
+                .await
+                .map_err(|_| anyhow!("session closed"))?;
+        }
+        Ok(())
+    }
+}
+
 impl ClientStream {
+    pub fn writer(&self) -> ClientWriter {
+        ClientWriter {
+            id: self.id,
+            out: self.out.clone(),
+        }
+    }
+
     pub async fn write(&self, data: &[u8]) -> anyhow::Result<()> {
         for chunk in data.chunks(32 << 10) {
             self.out

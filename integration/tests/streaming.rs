@@ -367,6 +367,7 @@ async fn port_forward_1gib_checksum_concurrency_websocket_and_host_network() {
         .unwrap();
     const TOTAL: usize = 1 << 30;
     let start = Instant::now();
+    let upload = data.writer();
     let (sent, received) = tokio::join!(
         async {
             let mut h = Sha256::new();
@@ -377,7 +378,7 @@ async fn port_forward_1gib_checksum_concurrency_websocket_and_host_network() {
                 fill(&mut state, &mut buf);
                 let n = left.min(buf.len());
                 h.update(&buf[..n]);
-                data.write(&buf[..n]).await.unwrap();
+                upload.write(&buf[..n]).await.unwrap();
                 left -= n;
             }
             h.finalize()
@@ -441,9 +442,10 @@ async fn port_forward_1gib_checksum_concurrency_websocket_and_host_network() {
     }
     let results = futures::future::join_all(conns.into_iter().enumerate().map(|(i, mut d)| async move {
         let payload: Vec<u8> = (0..(1 << 20)).map(|j| ((i * 31 + j) % 251) as u8).collect();
+        let up = d.writer();
         let (_, back) = tokio::join!(
             async {
-                d.write(&payload).await.unwrap();
+                up.write(&payload).await.unwrap();
             },
             async {
                 let mut got = Vec::new();

@@ -44,7 +44,10 @@ pub struct FdIo {
 impl FdIo {
     pub fn new(fd: OwnedFd) -> io::Result<FdIo> {
         set_nonblocking(fd.as_raw_fd())?;
-        Ok(FdIo { fd: AsyncFd::new(fd)? })
+        // SAFETY: the AsyncFd owns `fd` (an OwnedFd), so the descriptor
+        // stays open and the same for the AsyncFd's whole life.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| io::Error::other(e.to_string()))?;
+        Ok(FdIo { fd })
     }
 }
 
@@ -441,8 +444,8 @@ impl Runtime {
             std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
         ] {
             let socket = match &netns {
-                None => if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
-                    .map_err(io_err("create a socket"))?,
+                None if addr.is_ipv4() => TcpSocket::new_v4().map_err(io_err("create a socket"))?,
+                None => TcpSocket::new_v6().map_err(io_err("create a socket"))?,
                 Some(ns) => socket_in_netns(ns, addr.is_ipv4()).await?,
             };
             match tokio::time::timeout(CONNECT_LIMIT, socket.connect(addr)).await {
@@ -488,6 +491,6 @@ async fn socket_in_netns(ns: &Path, v4: bool) -> Result<TcpSocket> {
     let fd = rx
         .await
         .map_err(|_| RuntimeError::Internal("the network namespace thread died".into()))?
-        .map_err(io_err(format!("create a socket in the pod's network namespace")))?;
+        .map_err(io_err("create a socket in the pod's network namespace"))?;
     Ok(TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
 }

@@ -236,9 +236,10 @@ pub async fn run_exec(rt: &Arc<Runtime>, p: &ExecParams, mut s: Streams) {
     };
     let resizer = session.resizer();
     let input = pump_in(s.stdin.take(), session.stdin.take());
+    let mut resize_rx = s.resize.take();
     let resize = async {
         let mut parser = SizeParser::default();
-        if let Some(rx) = s.resize.as_mut() {
+        if let Some(rx) = resize_rx.as_mut() {
             while let Some(b) = rx.recv().await {
                 for (w, h) in parser.feed(&b) {
                     resizer.resize(w, h);

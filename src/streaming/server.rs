@@ -93,6 +93,9 @@ where
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
+        // Go and other clients read any case; title case reads better in
+        // traces.
+        .title_case_headers(true)
         .header_read_timeout(Duration::from_secs(30))
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades()
@@ -195,7 +198,7 @@ fn handle(st: Arc<Streaming>, mut req: Request<Incoming>) -> Response<Body> {
             );
             for p in ours {
                 r.headers_mut()
-                    .append("X-Accepted-Stream-Protocol-Versions", p.parse().expect("ascii"));
+                    .append("x-accepted-stream-protocol-versions", p.parse().expect("ascii"));
             }
             return r;
         };
@@ -222,7 +225,7 @@ fn handle(st: Arc<Streaming>, mut req: Request<Incoming>) -> Response<Body> {
     if req.headers().get("sec-websocket-version").and_then(|v| v.to_str().ok()) != Some("13") {
         let mut r = text(StatusCode::BAD_REQUEST, "websocket version 13 is required");
         r.headers_mut()
-            .insert("Sec-WebSocket-Version", "13".parse().expect("ascii"));
+            .insert("sec-websocket-version", "13".parse().expect("ascii"));
         return r;
     }
     let offered = header_list(&req, "sec-websocket-protocol");

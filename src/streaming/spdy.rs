@@ -506,6 +506,7 @@ impl Decoder {
                 raw.reserve(raw.len().max(1024));
             }
             let before_out = raw.len();
+            let before_in = self.inflate.total_in();
             match self
                 .inflate
                 .decompress_vec(&block[consumed..], &mut raw, FlushDecompress::Sync)
@@ -526,6 +527,9 @@ impl Decoder {
             }
             if consumed == block.len() && raw.len() == before_out {
                 break;
+            }
+            if self.inflate.total_in() == before_in && raw.len() == before_out && raw.len() < raw.capacity() {
+                return Err(SpdyError::Compression("header block does not decompress".into()));
             }
         }
         if raw.len() > self.limits.max_header_block {

@@ -145,7 +145,7 @@ where
                 let _ = goaway.try_send(Out::Frame(Frame::GoAway { last_good_stream_id: 0, status }));
                 End::Protocol(e)
             }
-            Err(ReadEnd::Io(_)) => End::ClientGone,
+            Err(ReadEnd::Io) => End::ClientGone,
         },
         r = &mut writer => return End::Write(r.err().unwrap_or_else(|| std::io::Error::other("writer ended"))),
     };
@@ -171,7 +171,7 @@ where
 
 enum ReadEnd {
     Protocol(SpdyError),
-    Io(std::io::Error),
+    Io,
 }
 
 async fn read_loop<R: AsyncRead>(
@@ -281,7 +281,7 @@ async fn read_loop<R: AsyncRead>(
         match rd.read_buf(&mut buf).await {
             Ok(0) => return Ok(()),
             Ok(_) => {}
-            Err(e) => return Err(ReadEnd::Io(e)),
+            Err(_) => return Err(ReadEnd::Io),
         }
     }
 }
