@@ -114,6 +114,7 @@ pub struct SpdyClient {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The server sent GOAWAY or closed.
     pub closed: Arc<tokio::sync::Notify>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for SpdyClient {
@@ -250,6 +251,8 @@ impl SpdyClient {
         let streams: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>> = Arc::default();
         let replies: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<bool>>>> = Arc::default();
         let closed = Arc::new(tokio::sync::Notify::new());
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let p2 = Arc::clone(&paused);
         let writer = tokio::spawn(async move {
             let mut enc = Encoder::new();
             let mut buf = BytesMut::new();
@@ -323,6 +326,10 @@ impl SpdyClient {
                         _ => {}
                     }
                 }
+                // A client that stops reading (stalled-client tests).
+                while p2.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 match rd.read_buf(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
@@ -342,7 +349,13 @@ impl SpdyClient {
             next_id: 1,
             tasks: vec![writer, reader],
             closed,
+            paused,
         }
+    }
+
+    /// Stop reading from the socket, as a client that hangs would.
+    pub fn stop_reading(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Open a stream with `headers` and wait for the server's reply.

@@ -425,43 +425,47 @@ async fn port_forward_1gib_checksum_concurrency_websocket_and_host_network() {
         TOTAL as f64 / 1e6 / secs
     );
 
-    // 20 concurrent connections on one session, 1 MiB each.
+    // 20 concurrent connections on one session, 1 MiB each, from busybox
+    // httpd (nc serves one connection at a time).
+    let web = w
+        .run(
+            &id,
+            &pod,
+            w.container(
+                "web",
+                "mkdir -p /www && head -c 1048576 /dev/urandom > /www/f && exec httpd -f -p 8082 -h /www",
+            ),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let want = w.sh(&web, "sha256sum /www/f").await;
+    let want = want.split_whitespace().next().unwrap().to_string();
     let mut conns = Vec::new();
     for i in 0..20 {
         let req = format!("c{i}");
         let e = session
-            .open(&[("streamType", "error"), ("port", "8080"), ("requestID", &req)])
+            .open(&[("streamType", "error"), ("port", "8082"), ("requestID", &req)])
             .await
             .unwrap();
         e.close().await;
         let d = session
-            .open(&[("streamType", "data"), ("port", "8080"), ("requestID", &req)])
+            .open(&[("streamType", "data"), ("port", "8082"), ("requestID", &req)])
             .await
             .unwrap();
         conns.push(d);
     }
-    let results = futures::future::join_all(conns.into_iter().enumerate().map(|(i, mut d)| async move {
-        let payload: Vec<u8> = (0..(1 << 20)).map(|j| ((i * 31 + j) % 251) as u8).collect();
-        let up = d.writer();
-        let (_, back) = tokio::join!(
-            async {
-                up.write(&payload).await.unwrap();
-            },
-            async {
-                let mut got = Vec::new();
-                while got.len() < payload.len() {
-                    match d.read().await {
-                        Some(b) => got.extend_from_slice(&b),
-                        None => break,
-                    }
-                }
-                got
-            }
-        );
-        back == payload
+    let results = futures::future::join_all(conns.into_iter().map(|mut d| async move {
+        d.write(b"GET /f HTTP/1.0\r\n\r\n").await.unwrap();
+        let all = d.read_to_end().await;
+        let body = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|i| all[i + 4..].to_vec())
+            .unwrap_or_default();
+        hex::encode(Sha256::digest(&body))
     }))
     .await;
-    assert!(results.iter().all(|&ok| ok), "{results:?}");
+    assert!(results.iter().all(|h| *h == want), "{results:?} != {want}");
 
     // A port nobody listens on: an error on the error stream.
     let mut e = session
@@ -523,7 +527,7 @@ async fn port_forward_1gib_checksum_concurrency_websocket_and_host_network() {
     w.run(
         &hid,
         &hpod,
-        w.container("srv", &format!("nc -ll -s 127.0.0.1 -p {port} -e echo host-net")),
+        w.container("srv", &format!("nc -ll -p {port} -e echo host-net")),
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -714,6 +718,7 @@ async fn killed_or_stalled_clients_leave_nothing_behind() {
     };
     let url = exec_url(&mut w, &c, &["head", "-c", "99999999999", "/dev/zero"], io).await.unwrap();
     let stalled = SpdyCommand::start(&url, V4, io).await.unwrap();
+    stalled.session.stop_reading();
     until("stalled exec started", Duration::from_secs(10), || !procs_with("99999999999").is_empty()).await;
     until("stalled exec killed", Duration::from_secs(20), || procs_with("99999999999").is_empty()).await;
     drop(stalled);
@@ -801,7 +806,7 @@ async fn bad_tokens_requests_and_malformed_frames() {
         vec![0, 0, 0, 1, 0, 0x7f, 0xff, 0xff],
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
     ] {
-        let url = exec_url(&mut w, &c, &["sleep", "1000"], OUT).await.unwrap();
+        let url = exec_url(&mut w, &c, &["sleep", "7777"], OUT).await.unwrap();
         let back = SpdyClient::raw(&url, V4, &garbage).await.unwrap();
         // GOAWAY: control frame type 7.
         assert!(
@@ -810,7 +815,7 @@ async fn bad_tokens_requests_and_malformed_frames() {
         );
     }
     // Malformed WebSocket: text on a binary protocol, an oversize message.
-    let url = exec_url(&mut w, &c, &["sleep", "1000"], OUT).await.unwrap();
+    let url = exec_url(&mut w, &c, &["sleep", "7777"], OUT).await.unwrap();
     let mut ws = WsClient::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
     use futures::SinkExt;
     ws.socket
@@ -820,14 +825,14 @@ async fn bad_tokens_requests_and_malformed_frames() {
     // The server closes (1002): the read ends one way or another, in time.
     let r = ws.collect(Duration::from_secs(10)).await;
     assert!(!matches!(&r, Err(e) if e.to_string().contains("did not end")), "{r:?}");
-    let url = exec_url(&mut w, &c, &["sleep", "1000"], OUT).await.unwrap();
+    let url = exec_url(&mut w, &c, &["sleep", "7777"], OUT).await.unwrap();
     let mut ws = WsClient::connect(&url, &["v4.channel.k8s.io"]).await.unwrap();
     let _ = ws.send(0, &vec![7u8; 5 << 20]).await;
     let r = ws.collect(Duration::from_secs(10)).await;
     assert!(!matches!(&r, Err(e) if e.to_string().contains("did not end")), "{r:?}");
     // No sleep 1000 left from those sessions, and the daemon still serves.
     until("malformed sessions' execs killed", Duration::from_secs(10), || {
-        procs_with("sleep 1000").is_empty()
+        procs_with("sleep 7777").is_empty()
     })
     .await;
     assert_eq!(run_v4(&mut w, &c, &["echo", "fine"]).await.1, "fine\n");
