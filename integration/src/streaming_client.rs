@@ -29,7 +29,10 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
         .strip_prefix("http://")
         .ok_or_else(|| anyhow!("not an http:// URL: {url}"))?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    Ok((host.to_string(), if path.is_empty() { "/".into() } else { path.to_string() }))
+    Ok((
+        host.to_string(),
+        if path.is_empty() { "/".into() } else { path.to_string() },
+    ))
 }
 
 /// An HTTP response head.
@@ -54,7 +57,9 @@ impl Head {
 /// head.
 pub async fn request(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(Head, TcpStream, BytesMut)> {
     let (host, path) = split_url(url)?;
-    let mut tcp = TcpStream::connect(&host).await.with_context(|| format!("connect {host}"))?;
+    let mut tcp = TcpStream::connect(&host)
+        .await
+        .with_context(|| format!("connect {host}"))?;
     tcp.set_nodelay(true)?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n");
     for (k, v) in headers {
@@ -68,7 +73,10 @@ pub async fn request(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(Hea
             break i;
         }
         if tcp.read_buf(&mut buf).await? == 0 {
-            bail!("connection closed before the response head: {:?}", String::from_utf8_lossy(&buf));
+            bail!(
+                "connection closed before the response head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
     };
     let head_text = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -224,7 +232,13 @@ impl ClientStream {
             }
         })
         .await
-        .map_err(|_| anyhow!("timed out waiting for {:?}; got {:?}", String::from_utf8_lossy(needle), String::from_utf8_lossy(&all)))?;
+        .map_err(|_| {
+            anyhow!(
+                "timed out waiting for {:?}; got {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&all)
+            )
+        })?;
         Ok(all)
     }
 }
@@ -270,7 +284,12 @@ impl SpdyClient {
                 buf.clear();
             }
         });
-        let (s2, r2, c2, ping_out) = (Arc::clone(&streams), Arc::clone(&replies), Arc::clone(&closed), out_tx.clone());
+        let (s2, r2, c2, ping_out) = (
+            Arc::clone(&streams),
+            Arc::clone(&replies),
+            Arc::clone(&closed),
+            out_tx.clone(),
+        );
         let reader = tokio::spawn(async move {
             let mut dec = Decoder::new(Limits {
                 max_data: 16 << 20,
@@ -295,11 +314,7 @@ impl SpdyClient {
                                 }
                             }
                         }
-                        Frame::Data {
-                            stream_id,
-                            flags,
-                            data,
-                        } => {
+                        Frame::Data { stream_id, flags, data } => {
                             let mut map = s2.lock().unwrap();
                             if let Some(tx) = map.get(&stream_id) {
                                 if !data.is_empty() {
@@ -455,7 +470,10 @@ impl SpdyCommand {
         } else {
             None
         };
-        let resize_ok = matches!(protocol.as_str(), "v3.channel.k8s.io" | "v4.channel.k8s.io" | "v5.channel.k8s.io");
+        let resize_ok = matches!(
+            protocol.as_str(),
+            "v3.channel.k8s.io" | "v4.channel.k8s.io" | "v5.channel.k8s.io"
+        );
         let resize = if io.tty && resize_ok {
             Some(session.open(&[("streamType", "resize")]).await?)
         } else {

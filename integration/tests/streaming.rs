@@ -129,7 +129,11 @@ async fn exec_over_spdy_every_version_tty_resize_and_exit_codes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     cmd.stdin.as_ref().unwrap().write(b"stty size; exit 3\n").await.unwrap();
     let f = cmd.finish(Duration::from_secs(10)).await.unwrap();
-    assert!(String::from_utf8_lossy(&f.stdout).contains("10 80"), "{:?}", String::from_utf8_lossy(&f.stdout));
+    assert!(
+        String::from_utf8_lossy(&f.stdout).contains("10 80"),
+        "{:?}",
+        String::from_utf8_lossy(&f.stdout)
+    );
     assert_eq!(f.exit_code().unwrap(), 3);
 
     // Older protocols: v3 (resize, text errors), v2, channel.k8s.io and a
@@ -141,7 +145,9 @@ async fn exec_over_spdy_every_version_tty_resize_and_exit_codes() {
         (&[][..], ""),
         (&["v5.channel.k8s.io", "v4.channel.k8s.io"][..], "v5.channel.k8s.io"),
     ] {
-        let url = exec_url(&mut w, &c, &["sh", "-c", "echo hi; exit 2"], OUT).await.unwrap();
+        let url = exec_url(&mut w, &c, &["sh", "-c", "echo hi; exit 2"], OUT)
+            .await
+            .unwrap();
         let cmd = SpdyCommand::start(&url, offer, OUT).await.unwrap();
         assert_eq!(cmd.protocol, want);
         let f = cmd.finish(Duration::from_secs(10)).await.unwrap();
@@ -154,7 +160,10 @@ async fn exec_over_spdy_every_version_tty_resize_and_exit_codes() {
     }
     // An offer the server does not speak: 403 with the list.
     let url = exec_url(&mut w, &c, &["true"], OUT).await.unwrap();
-    let err = SpdyCommand::start(&url, &["v9.channel.k8s.io"], OUT).await.err().unwrap();
+    let err = SpdyCommand::start(&url, &["v9.channel.k8s.io"], OUT)
+        .await
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("403"), "{err}");
 }
 
@@ -169,8 +178,12 @@ async fn exec_over_websocket_v5_v4_base64_and_v1() {
         tty: false,
     };
     // v5: stdin ends with the close signal.
-    let url = exec_url(&mut w, &c, &["sh", "-c", "cat; echo err >&2; exit 4"], io).await.unwrap();
-    let mut ws = WsClient::connect(&url, &["v5.channel.k8s.io", "v4.channel.k8s.io"]).await.unwrap();
+    let url = exec_url(&mut w, &c, &["sh", "-c", "cat; echo err >&2; exit 4"], io)
+        .await
+        .unwrap();
+    let mut ws = WsClient::connect(&url, &["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .await
+        .unwrap();
     assert_eq!(ws.protocol, "v5.channel.k8s.io");
     ws.send(0, b"from-stdin\n").await.unwrap();
     ws.close_channel(0).await.unwrap();
@@ -178,7 +191,10 @@ async fn exec_over_websocket_v5_v4_base64_and_v1() {
     assert_eq!(by.get(&1).map(Vec::as_slice), Some(&b"from-stdin\n"[..]));
     assert_eq!(by.get(&2).map(Vec::as_slice), Some(&b"err\n"[..]));
     let status = String::from_utf8_lossy(&by[&3]).into_owned();
-    assert_eq!(nodelet_integration::streaming_client::status_exit_code(&status).unwrap(), 4);
+    assert_eq!(
+        nodelet_integration::streaming_client::status_exit_code(&status).unwrap(),
+        4
+    );
     // Exit codes and output over each protocol without stdin.
     for proto in [
         "v4.channel.k8s.io",
@@ -186,14 +202,19 @@ async fn exec_over_websocket_v5_v4_base64_and_v1() {
         "channel.k8s.io",
         "base64.channel.k8s.io",
     ] {
-        let url = exec_url(&mut w, &c, &["sh", "-c", "echo out; echo err >&2; exit 6"], OUT).await.unwrap();
+        let url = exec_url(&mut w, &c, &["sh", "-c", "echo out; echo err >&2; exit 6"], OUT)
+            .await
+            .unwrap();
         let mut ws = WsClient::connect(&url, &[proto]).await.unwrap();
         let by = ws.collect(Duration::from_secs(10)).await.unwrap();
         assert_eq!(by.get(&1).map(Vec::as_slice), Some(&b"out\n"[..]), "{proto}");
         assert_eq!(by.get(&2).map(Vec::as_slice), Some(&b"err\n"[..]), "{proto}");
         let status = String::from_utf8_lossy(&by[&3]).into_owned();
         if proto.starts_with("v4") {
-            assert_eq!(nodelet_integration::streaming_client::status_exit_code(&status).unwrap(), 6);
+            assert_eq!(
+                nodelet_integration::streaming_client::status_exit_code(&status).unwrap(),
+                6
+            );
         } else {
             assert!(status.contains("exit status 6"), "{proto}: {status}");
         }
@@ -581,8 +602,8 @@ async fn fifty_concurrent_execs_and_exec_output_throughput() {
         } else {
             let mut ws = WsClient::connect(&url, &["v5.channel.k8s.io"]).await.unwrap();
             let by = ws.collect(Duration::from_secs(60)).await.unwrap();
-            let code = nodelet_integration::streaming_client::status_exit_code(&String::from_utf8_lossy(&by[&3]))
-                .unwrap();
+            let code =
+                nodelet_integration::streaming_client::status_exit_code(&String::from_utf8_lossy(&by[&3])).unwrap();
             (i, String::from_utf8_lossy(&by[&1]).into_owned(), code)
         }
     }))
@@ -627,7 +648,9 @@ async fn fifty_concurrent_execs_and_exec_output_throughput() {
 }
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Host processes whose command line contains `needle`.
@@ -686,16 +709,24 @@ async fn killed_or_stalled_clients_leave_nothing_behind() {
         let url = exec_url(&mut w, &c, &["sh", "-c", &cmd], io).await.unwrap();
         if i < 2 {
             let x = SpdyCommand::start(&url, V4, io).await.unwrap();
-            until("exec started", Duration::from_secs(10), || procs_with(&marker).len() >= 2).await;
+            until("exec started", Duration::from_secs(10), || {
+                procs_with(&marker).len() >= 2
+            })
+            .await;
             drop(x);
         } else {
             let ws = WsClient::connect(&url, &["v5.channel.k8s.io"]).await.unwrap();
-            until("exec started", Duration::from_secs(10), || procs_with(&marker).len() >= 2).await;
+            until("exec started", Duration::from_secs(10), || {
+                procs_with(&marker).len() >= 2
+            })
+            .await;
             drop(ws);
         }
-        until(&format!("exec {i} killed: {:?}", procs_with(&marker)), Duration::from_secs(10), || {
-            procs_with(&marker).is_empty()
-        })
+        until(
+            &format!("exec {i} killed: {:?}", procs_with(&marker)),
+            Duration::from_secs(10),
+            || procs_with(&marker).is_empty(),
+        )
         .await;
     }
     // An attach client vanishing leaves the container alone.
@@ -716,11 +747,19 @@ async fn killed_or_stalled_clients_leave_nothing_behind() {
         stderr: false,
         tty: false,
     };
-    let url = exec_url(&mut w, &c, &["head", "-c", "99999999999", "/dev/zero"], io).await.unwrap();
+    let url = exec_url(&mut w, &c, &["head", "-c", "99999999999", "/dev/zero"], io)
+        .await
+        .unwrap();
     let stalled = SpdyCommand::start(&url, V4, io).await.unwrap();
     stalled.session.stop_reading();
-    until("stalled exec started", Duration::from_secs(10), || !procs_with("99999999999").is_empty()).await;
-    until("stalled exec killed", Duration::from_secs(20), || procs_with("99999999999").is_empty()).await;
+    until("stalled exec started", Duration::from_secs(10), || {
+        !procs_with("99999999999").is_empty()
+    })
+    .await;
+    until("stalled exec killed", Duration::from_secs(20), || {
+        procs_with("99999999999").is_empty()
+    })
+    .await;
     drop(stalled);
 
     // Everything back to where it was.
@@ -758,32 +797,61 @@ async fn bad_tokens_requests_and_malformed_frames() {
 
     // CRI validation.
     let none = Io::default();
-    assert_eq!(exec_url(&mut w, &c, &["true"], none).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        exec_url(&mut w, &c, &["true"], none).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     let tty_err = Io {
         stdout: true,
         stderr: true,
         tty: true,
         stdin: false,
     };
-    assert_eq!(exec_url(&mut w, &c, &["true"], tty_err).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(exec_url(&mut w, &c, &[], OUT).await.unwrap_err().code(), Code::InvalidArgument);
-    assert_eq!(exec_url(&mut w, "nope", &["true"], OUT).await.unwrap_err().code(), Code::NotFound);
-    assert_eq!(pf_url(&mut w, &pod, &[70000]).await.unwrap_err().code(), Code::InvalidArgument);
+    assert_eq!(
+        exec_url(&mut w, &c, &["true"], tty_err).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        exec_url(&mut w, &c, &[], OUT).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        exec_url(&mut w, "nope", &["true"], OUT).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        pf_url(&mut w, &pod, &[70000]).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
     assert_eq!(pf_url(&mut w, "nope", &[80]).await.unwrap_err().code(), Code::NotFound);
     let done = w.run(&pod, &pod_cfg, w.container("done", "true")).await;
     w.wait_exit(&done, Duration::from_secs(10)).await;
-    assert_eq!(exec_url(&mut w, &done, &["true"], OUT).await.unwrap_err().code(), Code::FailedPrecondition);
+    assert_eq!(
+        exec_url(&mut w, &done, &["true"], OUT).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
 
     // Tokens: unknown, reused, expired, for another endpoint.
     let url = exec_url(&mut w, &c, &["true"], OUT).await.unwrap();
     let base = url[..url.find("/exec/").unwrap()].to_string();
-    let upgrade = [("Connection", "Upgrade"), ("Upgrade", "SPDY/3.1"), ("X-Stream-Protocol-Version", "v4.channel.k8s.io")];
-    let (h, _, _) = request(&format!("{base}/exec/0123456789abcdef"), &upgrade).await.unwrap();
+    let upgrade = [
+        ("Connection", "Upgrade"),
+        ("Upgrade", "SPDY/3.1"),
+        ("X-Stream-Protocol-Version", "v4.channel.k8s.io"),
+    ];
+    let (h, _, _) = request(&format!("{base}/exec/0123456789abcdef"), &upgrade)
+        .await
+        .unwrap();
     assert_eq!(h.status, 404);
     assert!(h.body.contains("unknown"), "{}", h.body);
     let (h, _, _) = request(&url, &[]).await.unwrap();
     assert_eq!(h.status, 400, "no upgrade: {}", h.body);
-    SpdyCommand::start(&url, V4, OUT).await.unwrap().finish(Duration::from_secs(10)).await.unwrap();
+    SpdyCommand::start(&url, V4, OUT)
+        .await
+        .unwrap()
+        .finish(Duration::from_secs(10))
+        .await
+        .unwrap();
     let (h, _, _) = request(&url, &upgrade).await.unwrap();
     assert_eq!(h.status, 404);
     assert!(h.body.contains("already used"), "{}", h.body);

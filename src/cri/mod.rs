@@ -253,11 +253,17 @@ impl CriRuntimeService for Cri {
     }
 
     async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        traced("Exec", async { streaming::exec(&self.node.streaming, req.into_inner()) }).await
+        traced("Exec", async {
+            streaming::exec(&self.node.streaming, req.into_inner())
+        })
+        .await
     }
 
     async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        traced("Attach", async { streaming::attach(&self.node.streaming, req.into_inner()) }).await
+        traced("Attach", async {
+            streaming::attach(&self.node.streaming, req.into_inner())
+        })
+        .await
     }
 
     async fn port_forward(

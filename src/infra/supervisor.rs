@@ -43,7 +43,11 @@ const EARLY_EXITS_MAX: usize = 4096;
 
 enum Source {
     Client(Client),
-    Output { owner: Owner, stream: Stream, fd: OwnedFd },
+    Output {
+        owner: Owner,
+        stream: Stream,
+        fd: OwnedFd,
+    },
     Helper(u64),
     /// The kept connection of a streaming exec (the job's token).
     ExecClient(u64),
@@ -900,9 +904,10 @@ impl Sup {
                     // Watch the kept connection: the daemon hanging up
                     // means its client went away.
                     let t = self.token();
-                    let _ = self
-                        .epoll
-                        .add(&client, EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, t));
+                    let _ = self.epoll.add(
+                        &client,
+                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, t),
+                    );
                     self.sources.insert(t, Source::ExecClient(exec_token));
                     t
                 });
@@ -1042,11 +1047,7 @@ impl Sup {
                     job.pid = Some(pid);
                     if job.stream {
                         let sent = job.client.as_ref().is_some_and(|c| {
-                            send_line(
-                                c,
-                                &Response::ExecStarted { pid },
-                                pty.as_ref().map(|p| p.as_raw_fd()),
-                            )
+                            send_line(c, &Response::ExecStarted { pid }, pty.as_ref().map(|p| p.as_raw_fd()))
                         });
                         if !sent {
                             job.killed = true;

@@ -54,7 +54,10 @@ impl FdIo {
 fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = fcntl(fd, FcntlArg::F_GETFL)?;
-    fcntl(fd, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )?;
     Ok(())
 }
 
@@ -148,7 +151,9 @@ impl ExecSession {
         match self.control.next().await? {
             Response::ExecExited { exit_code } => Ok(exit_code),
             Response::Error { message } => Err(RuntimeError::Internal(message)),
-            other => Err(RuntimeError::Internal(format!("unexpected answer from the infra: {other:?}"))),
+            other => Err(RuntimeError::Internal(format!(
+                "unexpected answer from the infra: {other:?}"
+            ))),
         }
     }
 }
@@ -255,8 +260,7 @@ fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> nix::Resu
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| RuntimeError::Internal(format!("pipe: {e}")))
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| RuntimeError::Internal(format!("pipe: {e}")))
 }
 
 fn dev_null(write: bool) -> Result<OwnedFd> {
@@ -314,7 +318,13 @@ impl Runtime {
         result
     }
 
-    async fn start_exec(&self, p: &ExecParams, pod_id: &str, process_file: &Path, bundle: &Path) -> Result<ExecSession> {
+    async fn start_exec(
+        &self,
+        p: &ExecParams,
+        pod_id: &str,
+        process_file: &Path,
+        bundle: &Path,
+    ) -> Result<ExecSession> {
         let mut control = Control::connect(&self.pod_state_dir(pod_id)).await?;
         let request = Request::ExecStream {
             id: p.container_id.clone(),
@@ -362,8 +372,14 @@ impl Runtime {
             Err(_) => return Err(RuntimeError::Infra(infra_client::InfraError::Timeout)),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(Response::ExecStarted { .. })) => {}
-            Ok(Ok(Response::Error { message })) => return Err(RuntimeError::Infra(infra_client::InfraError::Failed(message))),
-            Ok(Ok(other)) => return Err(RuntimeError::Internal(format!("unexpected answer from the infra: {other:?}"))),
+            Ok(Ok(Response::Error { message })) => {
+                return Err(RuntimeError::Infra(infra_client::InfraError::Failed(message)))
+            }
+            Ok(Ok(other)) => {
+                return Err(RuntimeError::Internal(format!(
+                    "unexpected answer from the infra: {other:?}"
+                )))
+            }
         }
         let mut pty = None;
         if p.tty {
@@ -391,7 +407,13 @@ impl Runtime {
     }
 
     /// Attach to a running container's stdio.
-    pub async fn attach_stream(self: &Arc<Self>, id: &str, stdin: bool, stdout: bool, stderr: bool) -> Result<AttachSession> {
+    pub async fn attach_stream(
+        self: &Arc<Self>,
+        id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<AttachSession> {
         let view = self.check_running(id)?;
         let mut control = Control::connect(&self.pod_state_dir(&view.record.pod_id)).await?;
         control
@@ -414,7 +436,9 @@ impl Runtime {
                 pending: control.buf,
             }),
             Ok(Ok(Response::Error { message })) => Err(RuntimeError::Infra(infra_client::InfraError::Failed(message))),
-            Ok(Ok(other)) => Err(RuntimeError::Internal(format!("unexpected answer from the infra: {other:?}"))),
+            Ok(Ok(other)) => Err(RuntimeError::Internal(format!(
+                "unexpected answer from the infra: {other:?}"
+            ))),
         }
     }
 
@@ -478,7 +502,8 @@ async fn socket_in_netns(ns: &Path, v4: bool) -> Result<TcpSocket> {
                 nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
                 let domain = if v4 { libc::AF_INET } else { libc::AF_INET6 };
                 // SAFETY: plain socket(2); the result is checked and owned.
-                let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+                let fd =
+                    unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
                 if fd < 0 {
                     return Err(io::Error::last_os_error());
                 }

@@ -140,9 +140,15 @@ pub struct PortForwardParams {
 }
 
 enum Slot {
-    Live { what: Pending, expires: Instant },
+    Live {
+        what: Pending,
+        expires: Instant,
+    },
     /// Used or expired, remembered until `forget` for a precise message.
-    Spent { why: &'static str, forget: Instant },
+    Spent {
+        why: &'static str,
+        forget: Instant,
+    },
 }
 
 /// Why a token was refused (the HTTP answer says it).

@@ -37,7 +37,10 @@ pub async fn serve_spdy(rt: Arc<Runtime>, p: PortForwardParams, mut session: spd
             Some(_) = forwards.join_next(), if !forwards.is_empty() => continue,
         };
         let kind = stream.header("streamtype").unwrap_or("").to_ascii_lowercase();
-        let port = stream.header("port").and_then(|v| v.trim().parse::<u16>().ok()).filter(|&p| p > 0);
+        let port = stream
+            .header("port")
+            .and_then(|v| v.trim().parse::<u16>().ok())
+            .filter(|&p| p > 0);
         if port.is_none() || !matches!(kind.as_str(), "data" | "error") {
             let msg = format!(
                 "stream {}: needs a port header (1..65535) and streamType data or error",
@@ -59,7 +62,11 @@ pub async fn serve_spdy(rt: Arc<Runtime>, p: PortForwardParams, mut session: spd
             data: None,
             error: None,
         });
-        let slot = if kind == "data" { &mut pair.data } else { &mut pair.error };
+        let slot = if kind == "data" {
+            &mut pair.data
+        } else {
+            &mut pair.error
+        };
         if slot.is_some() {
             let msg = format!("request {request}: {kind} stream already assigned");
             stream.writer.write(Bytes::from(msg)).await;

@@ -468,7 +468,10 @@ mod tests {
     fn sizes_from_split_json() {
         let mut p = SizeParser::default();
         assert_eq!(p.feed(b"{\"Width\":80,\"Hei"), vec![]);
-        assert_eq!(p.feed(b"ght\":24}\n{\"Width\":100,\"Height\":50}\n"), vec![(80, 24), (100, 50)]);
+        assert_eq!(
+            p.feed(b"ght\":24}\n{\"Width\":100,\"Height\":50}\n"),
+            vec![(80, 24), (100, 50)]
+        );
         assert_eq!(p.feed(b"garbage"), vec![]);
         assert_eq!(p.feed(b"{\"width\":1,\"height\":2}"), vec![(1, 2)]);
     }
@@ -486,6 +489,8 @@ mod tests {
             r#"{"metadata":{},"status":"Success"}"#
         );
         assert_eq!(status_message(Version::V2, &Outcome::Exited(0)), None);
-        assert!(status_message(Version::V3, &Outcome::Exited(1)).unwrap().contains("exit status 1"));
+        assert!(status_message(Version::V3, &Outcome::Exited(1))
+            .unwrap()
+            .contains("exit status 1"));
     }
 }

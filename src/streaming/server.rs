@@ -235,7 +235,12 @@ fn handle(st: Arc<Streaming>, mut req: Request<Incoming>) -> Response<Body> {
         .unwrap_or("")
         .split('&')
         .filter_map(|kv| kv.strip_prefix("port="))
-        .flat_map(|v| v.split("%2C").flat_map(|v| v.split(',')).map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split("%2C")
+                .flat_map(|v| v.split(','))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter_map(|v| v.parse::<u16>().ok())
         .filter(|&p| p > 0)
         .collect();
@@ -383,8 +388,13 @@ where
     tracing::debug!(kind, ?end, "SPDY streaming session ended");
 }
 
-async fn ws_session<IO>(st: Arc<Streaming>, socket: WebSocketStream<IO>, pending: Pending, mode: WsMode, query_ports: Vec<u16>)
-where
+async fn ws_session<IO>(
+    st: Arc<Streaming>,
+    socket: WebSocketStream<IO>,
+    pending: Pending,
+    mode: WsMode,
+    query_ports: Vec<u16>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let write_timeout = Duration::from_secs(st.config.write_timeout_secs);
@@ -405,7 +415,11 @@ where
             .await
         }
         (WsMode::Channels(framing), Pending::PortForward(p)) => {
-            let ports = if p.ports.is_empty() { query_ports } else { p.ports.clone() };
+            let ports = if p.ports.is_empty() {
+                query_ports
+            } else {
+                p.ports.clone()
+            };
             if ports.is_empty() {
                 let mut socket = socket;
                 let _ = socket
@@ -453,11 +467,7 @@ where
     let up = async {
         while let Some(Ok(msg)) = stream.next().await {
             match msg {
-                Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
-                        break;
-                    }
-                }
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
                 Message::Close(_) => break,
                 _ => {}
             }

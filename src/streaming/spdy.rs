@@ -576,7 +576,10 @@ fn parse_header_block(mut raw: &[u8]) -> Result<Headers, SpdyError> {
         let name = take_str(&mut raw, n)?;
         let n = take_u32(&mut raw)?;
         let value = take_str(&mut raw, n)?;
-        if headers.iter().any(|(h, _): &(String, String)| h.eq_ignore_ascii_case(&name)) {
+        if headers
+            .iter()
+            .any(|(h, _): &(String, String)| h.eq_ignore_ascii_case(&name))
+        {
             return Err(protocol(format!("duplicate header {name:?}")));
         }
         headers.push((name, value));
@@ -907,10 +910,7 @@ mod tests {
         assert!(matches!(dec.decode(&mut buf), Err(SpdyError::TooLarge { .. })));
         // Unknown control frame types are ignored, as the spec says.
         let mut buf = BytesMut::from(&[0x80u8, 3, 0, 0x42, 0, 0, 0, 1, 7][..]);
-        assert_eq!(
-            dec.decode(&mut buf).unwrap(),
-            Some(Frame::Unknown { frame_type: 0x42 })
-        );
+        assert_eq!(dec.decode(&mut buf).unwrap(), Some(Frame::Unknown { frame_type: 0x42 }));
     }
 
     #[test]
@@ -929,7 +929,10 @@ mod tests {
         assert!(parse_header_block(&block(&[(b"a", b"1")], 1)).is_ok());
         assert!(parse_header_block(&block(&[(b"a", b"1")], 2)).is_err(), "count too big");
         assert!(parse_header_block(&block(&[(b"", b"1")], 1)).is_err(), "empty name");
-        assert!(parse_header_block(&block(&[(b"a", b"1"), (b"A", b"2")], 2)).is_err(), "duplicate");
+        assert!(
+            parse_header_block(&block(&[(b"a", b"1"), (b"A", b"2")], 2)).is_err(),
+            "duplicate"
+        );
         assert!(parse_header_block(&block(&[(b"a", b"\xff")], 1)).is_err(), "not UTF-8");
         let mut trailing = block(&[(b"a", b"1")], 1);
         trailing.push(0);

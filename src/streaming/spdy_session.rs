@@ -247,11 +247,7 @@ async fn read_loop<R: AsyncRead>(
                             .await;
                     }
                 }
-                Frame::Data {
-                    stream_id,
-                    flags,
-                    data,
-                } => {
+                Frame::Data { stream_id, flags, data } => {
                     if let Some(tx) = streams.get(&stream_id) {
                         if !data.is_empty() && tx.send(data).await.is_err() {
                             streams.remove(&stream_id);
