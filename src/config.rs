@@ -67,6 +67,7 @@ pub struct Config {
     pub cgroups: CgroupsConfig,
     pub metrics: MetricsConfig,
     pub static_pods: StaticPodsConfig,
+    pub streaming: crate::streaming::StreamingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +196,7 @@ impl Default for Config {
             cgroups: CgroupsConfig::default(),
             static_pods: StaticPodsConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: Default::default(),
         }
     }
 }
@@ -382,6 +384,7 @@ impl Config {
                 self.cgroups.parent
             )));
         }
+        self.streaming.validate().map_err(ConfigError::Invalid)?;
         for (host, reg) in &self.registries {
             if host.is_empty() || host.contains('/') {
                 return Err(ConfigError::Invalid(format!(

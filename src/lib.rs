@@ -17,6 +17,7 @@ pub mod runtime;
 pub mod sdnotify;
 pub mod static_pods;
 pub mod stats;
+pub mod streaming;
 
 /// Now, as Unix nanoseconds (the CRI's timestamps).
 pub fn unix_nanos() -> i64 {

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::image::ImageService;
 use crate::network::Network;
 use crate::runtime::{Runtime, RuntimeError};
+use crate::streaming::Streaming;
 
 /// A readiness condition as the CRI `Status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,7 @@ pub struct Node {
     pub runtime: Arc<Runtime>,
     pub network: Arc<Network>,
     pub stats: Arc<crate::stats::Stats>,
+    pub streaming: Arc<Streaming>,
 }
 
 impl Node {
@@ -39,12 +41,16 @@ impl Node {
         tokio::task::spawn_blocking(move || im.collect_garbage())
             .await
             .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        let streaming = Streaming::start(config.streaming.clone(), Arc::clone(&runtime))
+            .await
+            .map_err(|e| RuntimeError::Internal(e.to_string()))?;
         Ok(Arc::new(Node {
             config,
             images,
             runtime,
             network,
             stats: Arc::new(crate::stats::Stats::new()),
+            streaming,
         }))
     }
 

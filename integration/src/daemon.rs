@@ -74,9 +74,12 @@ impl Daemon {
             root_dir,
             state_dir,
             dir.path().join("manifests"),
-            with_static_pods(
-                &with_cgroup_parent(&with_cni_dir(extra, &dir.path().join("cni/net.d")), &cgroup_parent),
-                dir.path()
+            with_streaming_address(
+                &with_static_pods(
+                    &with_cgroup_parent(&with_cni_dir(extra, &dir.path().join("cni/net.d")), &cgroup_parent),
+                    dir.path()
+                ),
+                netns.as_deref()
             ),
         );
         std::fs::write(&config_path, config).expect("write config");
@@ -246,6 +249,23 @@ fn with_static_pods(extra: &str, dir: &Path) -> String {
         extra.replace("[static_pods]", &format!("[static_pods]\n{keys}"))
     } else {
         format!("{extra}\n[static_pods]\n{keys}\n")
+    }
+}
+
+/// A daemon in a node namespace serves streaming on a loopback address of
+/// its own, which the test client knows to reach inside that namespace.
+fn with_streaming_address(extra: &str, netns: Option<&crate::netns::NetNs>) -> String {
+    let Some(ns) = netns else {
+        return extra.to_string();
+    };
+    if extra.contains("[streaming]") && extra.contains("address") {
+        return extra.to_string();
+    }
+    let key = format!("address = \"{}:0\"", crate::node_loopback(ns));
+    if extra.contains("[streaming]") {
+        extra.replace("[streaming]", &format!("[streaming]\n{key}"))
+    } else {
+        format!("{extra}\n[streaming]\n{key}\n")
     }
 }
 

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod pods;
 pub mod registry;
 pub mod static_pods;
+pub mod streaming_client;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -145,4 +146,52 @@ pub fn etcd_image() -> TestImage {
             with_build_lock(&dir, nodelet_test_images::build_etcd).expect("building the etcd image")
         })
         .clone()
+}
+
+/// Loopback addresses handed to daemons that run in a node network
+/// namespace, and that namespace: a test connects to such an address (a
+/// streaming URL, say) from inside the namespace. 127.0.0.0/8 is all
+/// loopback, so each daemon gets an address of its own and two daemons'
+/// ports can never be confused.
+static NODE_LOOPBACKS: std::sync::Mutex<Vec<(std::net::Ipv4Addr, std::path::PathBuf)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A fresh loopback address (127.64.x.y) that belongs to `ns`.
+pub fn node_loopback(ns: &netns::NetNs) -> std::net::Ipv4Addr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ip = std::net::Ipv4Addr::new(127, 64, (n >> 8) as u8, n as u8);
+    NODE_LOOPBACKS.lock().unwrap().push((ip, ns.path()));
+    ip
+}
+
+/// Connect to `host` ("ip:port"), from inside the node namespace that owns
+/// the address when it is one of [`node_loopback`]'s.
+pub async fn tcp_connect(host: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let addr: Option<std::net::SocketAddr> = host.parse().ok();
+    let ns = addr.and_then(|a| match a.ip() {
+        std::net::IpAddr::V4(ip) => NODE_LOOPBACKS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(l, _)| *l == ip)
+            .map(|(_, p)| p.clone()),
+        _ => None,
+    });
+    let (Some(addr), Some(ns)) = (addr, ns) else {
+        return tokio::net::TcpStream::connect(host).await;
+    };
+    let std_stream = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || -> std::io::Result<std::net::TcpStream> {
+            let f = std::fs::File::open(&ns)?;
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            std::net::TcpStream::connect(addr)
+        })
+        .join()
+        .expect("connect thread")
+    })
+    .await
+    .expect("connect task")?;
+    std_stream.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(std_stream)
 }

@@ -11,6 +11,7 @@ pub mod runtime_info;
 pub mod sandbox;
 pub mod stats;
 pub mod status;
+pub mod streaming;
 pub mod subject;
 
 use std::future::Future;
@@ -291,19 +292,28 @@ impl CriRuntimeService for Cri {
         traced("ExecSync", container::exec_sync(&self.node.runtime, req.into_inner())).await
     }
 
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
-        traced("Exec", async { Err(not_yet("Exec")) }).await
+    async fn exec(&self, req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+        traced("Exec", async {
+            streaming::exec(&self.node.streaming, req.into_inner())
+        })
+        .await
     }
 
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
-        traced("Attach", async { Err(not_yet("Attach")) }).await
+    async fn attach(&self, req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+        traced("Attach", async {
+            streaming::attach(&self.node.streaming, req.into_inner())
+        })
+        .await
     }
 
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        traced("PortForward", async { Err(not_yet("PortForward")) }).await
+        traced("PortForward", async {
+            streaming::port_forward(&self.node.streaming, req.into_inner())
+        })
+        .await
     }
 
     async fn container_stats(

@@ -10,6 +10,7 @@ use crate::image::ImageError;
 use crate::runtime::spec::SpecError;
 use crate::runtime::RuntimeError;
 use crate::stats::StatsError;
+use crate::streaming::StreamingError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
@@ -76,6 +77,17 @@ impl From<StatsError> for Status {
             StatsError::Runtime(r) => r.into(),
             // As containerd answers for a sandbox that is not running.
             StatsError::NotReady(_) => Status::unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<StreamingError> for Status {
+    fn from(e: StreamingError) -> Status {
+        match e {
+            StreamingError::Runtime(r) => Status::from(r),
+            StreamingError::InvalidArgument(m) => Status::invalid_argument(m),
+            e @ StreamingError::TooManyRequests(_) => Status::resource_exhausted(e.to_string()),
+            e @ StreamingError::Setup(_) => Status::internal(e.to_string()),
         }
     }
 }

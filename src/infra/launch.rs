@@ -42,6 +42,9 @@ pub enum Job {
         sub_cgroup: String,
         /// The container's bundle: its seccomp profile applies to the exec.
         bundle: PathBuf,
+        /// Give the process a new pty (the process JSON says `terminal`);
+        /// its master is reported back like a tty container's.
+        tty: bool,
     },
 }
 
@@ -192,24 +195,46 @@ fn run(job: Job, runtime_root: &Path, stdio: Stdio) -> Result<(i32, Option<Owned
             process,
             sub_cgroup,
             bundle,
+            tty,
         } => {
             let spec: oci_spec::runtime::Spec = serde_json::from_slice(
                 &std::fs::read(bundle.join("config.json")).map_err(|e| format!("read the container's spec: {e}"))?,
             )
             .map_err(|e| format!("parse the container's spec: {e}"))?;
             let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-            let builder = ContainerBuilder::new(id, SyscallType::default())
+            let mut builder = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(runtime_root)
                 .map_err(|e| format!("runtime root: {e}"))?
                 .with_executor(ExecWithSeccomp { seccomp });
-            let pid = with_stdio(builder, stdio)
+            let console = if tty {
+                // As for a tty container, with a name unique to this helper
+                // (several execs of one container may start at once).
+                std::env::set_current_dir(runtime_root).map_err(|e| format!("chdir: {e}"))?;
+                let name = format!("exec-console-{}.sock", std::process::id());
+                let _ = std::fs::remove_file(&name);
+                let listener = UnixListener::bind(&name).map_err(|e| format!("console socket: {e}"))?;
+                let path = runtime_root.join(&name);
+                builder = builder.with_console_socket(Some(&path));
+                Some((listener, path))
+            } else {
+                None
+            };
+            let built = with_stdio(builder, stdio)
                 .as_tenant()
                 .with_process(Some(&process))
                 .with_sub_cgroup(Some(sub_cgroup))
                 .with_detach(true)
                 .build()
-                .map_err(|e| format!("exec: {e}"))?;
-            Ok((pid.as_raw(), None))
+                .map_err(|e| format!("exec: {e}"));
+            let pty = match console {
+                Some((listener, path)) => {
+                    let master = built.as_ref().ok().map(|_| receive_pty(&listener));
+                    let _ = std::fs::remove_file(path);
+                    master.transpose()?
+                }
+                None => None,
+            };
+            Ok((built?.as_raw(), pty))
         }
     }
 }

@@ -189,6 +189,20 @@ fn loopback_up() -> std::io::Result<()> {
     Ok(())
 }
 
+/// `TIOCSWINSZ` on a pty master: the terminal's foreground process gets
+/// SIGWINCH. Used by the infra (attach) and the daemon (exec).
+pub fn resize_pty(fd: std::os::fd::RawFd, width: u16, height: u16) {
+    let ws = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize that lives across the call; a bad
+    // descriptor only makes it fail.
+    unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
+}
+
 /// The namespaced sysctls a pod may set (as the kubelet defines them):
 /// `kernel.shm*`, `kernel.msg*`, `kernel.sem` and `fs.mqueue.*` follow the
 /// IPC namespace; `net.*` the network namespace.

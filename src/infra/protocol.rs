@@ -2,6 +2,14 @@
 //! request line per connection on the pod's `infra.sock`, one JSON
 //! response line back. One connection per request keeps long waits (a
 //! container's exit, an exec) from blocking other requests.
+//!
+//! Two requests keep their connection open for streaming:
+//! - `ExecStream` carries the process's stdio as descriptors (SCM_RIGHTS on
+//!   the request): the infra answers `ExecStarted` (with the pty master
+//!   attached for a tty exec), then `ExecExited`. The daemon closing the
+//!   connection first kills the exec's process tree.
+//! - `Attach` is answered with `Attached`, then both sides exchange binary
+//!   frames `[kind u8][length u32 BE][payload]` (see `AttachFrame`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +76,24 @@ pub enum Request {
         /// Output beyond this many bytes per stream is dropped.
         max_output: usize,
     },
+    /// Run a process in the container with the daemon's descriptors as its
+    /// stdio: three (stdin, stdout, stderr) attached to the request unless
+    /// `tty`, in which case the process gets a new pty whose master comes
+    /// back with `ExecStarted`.
+    ExecStream {
+        id: String,
+        process: PathBuf,
+        bundle: PathBuf,
+        tty: bool,
+    },
+    /// Relay the container's stdio on this connection (framed, after the
+    /// `Attached` answer) until it exits or the daemon hangs up.
+    Attach {
+        id: String,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    },
     /// Reopen the container's log file (after rotation).
     ReopenLog { id: String },
     /// Drop a container (killing it first if it still runs).
@@ -120,14 +146,84 @@ pub enum Response {
     Containers {
         containers: Vec<ContainerStatus>,
     },
+    /// A streaming exec runs (its pid in the infra's PID namespace).
+    ExecStarted {
+        pid: i32,
+    },
+    /// A streaming exec's process exited (128 + signal when killed).
+    ExecExited {
+        exit_code: i32,
+    },
+    /// Attach frames follow. `tty`: the container has a terminal (its
+    /// output is all on stdout, resize applies).
+    Attached {
+        tty: bool,
+    },
     Error {
         message: String,
     },
 }
 
+/// Attach frame kinds.
+pub mod attach {
+    /// daemon → infra: bytes for the container's stdin.
+    pub const STDIN: u8 = 0;
+    /// infra → daemon: container output.
+    pub const STDOUT: u8 = 1;
+    pub const STDERR: u8 = 2;
+    /// infra → daemon: the container exited; payload: exit code, i32 BE.
+    pub const EXIT: u8 = 3;
+    /// daemon → infra: terminal size, width then height, u16 BE each.
+    pub const RESIZE: u8 = 4;
+    /// daemon → infra: the client's stdin ended.
+    pub const STDIN_CLOSE: u8 = 5;
+    /// Largest payload either side sends or accepts in one frame.
+    pub const MAX_PAYLOAD: usize = 64 << 10;
+    pub const HEADER: usize = 5;
+
+    /// Append one frame to `out`.
+    pub fn encode(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+        out.push(kind);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// The first complete frame in `buf`: `(kind, payload range, total
+    /// length)`; `Ok(None)` when more bytes are needed, `Err` for a frame
+    /// larger than `MAX_PAYLOAD`.
+    pub fn decode(buf: &[u8]) -> Result<Option<(u8, std::ops::Range<usize>, usize)>, usize> {
+        if buf.len() < HEADER {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > MAX_PAYLOAD {
+            return Err(len);
+        }
+        if buf.len() < HEADER + len {
+            return Ok(None);
+        }
+        Ok(Some((buf[0], HEADER..HEADER + len, HEADER + len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_frames() {
+        let mut out = Vec::new();
+        attach::encode(attach::STDOUT, b"hi", &mut out);
+        attach::encode(attach::EXIT, &7i32.to_be_bytes(), &mut out);
+        assert_eq!(&out[..7], &[1, 0, 0, 0, 2, b'h', b'i']);
+        let (kind, range, used) = attach::decode(&out).unwrap().unwrap();
+        assert_eq!((kind, &out[range], used), (attach::STDOUT, &b"hi"[..], 7));
+        let (kind, range, _) = attach::decode(&out[7..]).unwrap().unwrap();
+        assert_eq!(kind, attach::EXIT);
+        assert_eq!(&out[7..][range], &7i32.to_be_bytes());
+        assert_eq!(attach::decode(&out[..6]), Ok(None));
+        assert_eq!(attach::decode(&[0, 0xff, 0, 0, 0]), Err(0xff00_0000));
+    }
 
     #[test]
     fn wire_format_is_tagged_json() {

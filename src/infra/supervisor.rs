@@ -4,10 +4,14 @@
 //! SIGTERM, SIGINT), every container's and exec's output pipes, and the
 //! report sockets of start helpers. Deadlines (waits, helpers, exec
 //! timeouts) become the epoll timeout.
+//!
+//! Streaming (`attach.rs` for attach): a streaming exec keeps its request's
+//! connection, watched for the daemon hanging up (which kills the exec's
+//! tree); an attach connection is relayed without ever blocking the loop.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +28,8 @@ use super::launch::{self, Job, Outcome};
 use super::log::{LogFile, Stream};
 use super::protocol::{ContainerStatus, InfraConfig, Request, Response, StartSpec};
 
+mod attach;
+
 const TOKEN_LISTENER: u64 = 0;
 const TOKEN_SIGNALS: u64 = 1;
 /// A start helper that takes longer than this is killed.
@@ -37,8 +43,16 @@ const EARLY_EXITS_MAX: usize = 4096;
 
 enum Source {
     Client(Client),
-    Output { owner: Owner, stream: Stream, fd: OwnedFd },
+    Output {
+        owner: Owner,
+        stream: Stream,
+        fd: OwnedFd,
+    },
     Helper(u64),
+    /// The kept connection of a streaming exec (the job's token).
+    ExecClient(u64),
+    /// An attach connection (state in `Sup::attaches`, same token).
+    Attach,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -50,14 +64,22 @@ enum Owner {
 struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// Descriptors received with the request (SCM_RIGHTS).
+    fds: Vec<OwnedFd>,
 }
+
+/// Descriptors accepted with one request; more are closed.
+const MAX_REQUEST_FDS: usize = 4;
 
 struct Ctr {
     spec: StartSpec,
     status: ContainerStatus,
     log: Option<LogFile>,
-    /// Write end of the container's stdin, kept for attach.
+    /// Write end of the container's stdin, kept for attach (non-blocking).
     stdin: Option<OwnedFd>,
+    /// A duplicate of a tty container's pty master: attach writes its
+    /// stdin there and resizes it.
+    pty: Option<OwnedFd>,
     /// OOM kills counted in the container's cgroup before it started.
     oom_baseline: u64,
 }
@@ -87,6 +109,26 @@ struct ExecJob {
     deadline: Option<Instant>,
     timed_out: bool,
     sub_cgroups: Vec<PathBuf>,
+    /// A streaming exec: the daemon holds the stdio; the connection stays
+    /// open and gets `ExecStarted`, then `ExecExited`.
+    stream: bool,
+    /// Token watching the streaming exec's connection.
+    client_token: Option<u64>,
+    /// The daemon hung up: kill the tree.
+    killed: bool,
+}
+
+/// What an exec request asks for (collected or streamed).
+struct ExecSpec {
+    id: String,
+    process: PathBuf,
+    bundle: PathBuf,
+    timeout_ms: Option<u64>,
+    max_output: usize,
+    /// The daemon's descriptors for a streaming exec (none: collect the
+    /// output here, as `ExecSync` wants).
+    stdio: Option<launch::Stdio>,
+    tty: bool,
 }
 
 #[derive(Clone)]
@@ -119,6 +161,7 @@ struct Sup {
     waiters: Vec<Waiter>,
     shutdown: Option<Option<UnixStream>>,
     exec_seq: u64,
+    attaches: HashMap<u64, attach::AttachClient>,
 }
 
 pub fn run(dir: &Path, listener: UnixListener) -> u8 {
@@ -167,6 +210,7 @@ pub fn run(dir: &Path, listener: UnixListener) -> u8 {
         waiters: Vec::new(),
         shutdown: None,
         exec_seq: 0,
+        attaches: HashMap::new(),
     };
     sup.run()
 }
@@ -192,6 +236,51 @@ fn reply(mut stream: UnixStream, response: &Response) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let _ = stream.write_all(&line);
+}
+
+/// Write one response line on a non-blocking connection that stays open,
+/// with `fd` attached (SCM_RIGHTS). A line this small fits the empty
+/// socket buffer of a fresh connection; failing that, the daemon is
+/// treated as gone.
+fn send_line(stream: &UnixStream, response: &Response, fd: Option<RawFd>) -> bool {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let mut line = serde_json::to_vec(response).unwrap_or_default();
+    line.push(b'\n');
+    let iov = [std::io::IoSlice::new(&line)];
+    let fds: Vec<RawFd> = fd.into_iter().collect();
+    let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
+    };
+    matches!(
+        sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None),
+        Ok(n) if n == line.len()
+    )
+}
+
+/// `recvmsg` that keeps the descriptors sent along (closing any beyond
+/// `MAX_REQUEST_FDS`).
+fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> nix::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_REQUEST_FDS]);
+    let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(received) = c {
+                for raw in received {
+                    // SAFETY: SCM_RIGHTS just installed this descriptor in
+                    // our table; nothing else owns it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    if fds.len() < MAX_REQUEST_FDS {
+                        fds.push(owned);
+                    }
+                }
+            }
+        }
+    }
+    Ok(msg.bytes)
 }
 
 fn error(message: impl Into<String>) -> Response {
@@ -270,6 +359,16 @@ impl Sup {
                 let _ = self.epoll.delete(fd);
             }
             Source::Helper(_) => {}
+            Source::ExecClient(exec) => {
+                if let Some(c) = self.execs.get(exec).and_then(|j| j.client.as_ref()) {
+                    let _ = self.epoll.delete(c);
+                }
+            }
+            Source::Attach => {
+                if let Some(a) = self.attaches.get(&token) {
+                    let _ = self.epoll.delete(&a.stream);
+                }
+            }
         }
         Some(source)
     }
@@ -314,9 +413,12 @@ impl Sup {
             if let Some(t) = e.exited_at {
                 consider(t + EXEC_DRAIN);
             }
-            if e.timed_out {
+            if (e.timed_out || e.killed) && e.exit.is_none() {
                 consider(now + Duration::from_millis(50));
             }
+        }
+        if let Some(t) = self.attach_deadline() {
+            consider(t);
         }
         match next {
             None => EpollTimeout::NONE,
@@ -339,6 +441,7 @@ impl Sup {
                         Source::Client(Client {
                             stream,
                             buf: Vec::new(),
+                            fds: Vec::new(),
                         }),
                     );
                 }
@@ -400,6 +503,7 @@ impl Sup {
             "Error".into()
         };
         c.stdin = None;
+        c.pty = None;
         let _ = crate::fsutil::write_atomic(
             &c.spec.status_path,
             &serde_json::to_vec(&c.status).unwrap_or_default(),
@@ -412,6 +516,7 @@ impl Sup {
         for w in done {
             reply(w.client, &Response::Status(status.clone()));
         }
+        self.attach_exited(id, code);
     }
 
     fn ready(&mut self, token: u64) {
@@ -422,7 +527,7 @@ impl Sup {
             Source::Client(client) => {
                 let mut buf = [0u8; 4096];
                 loop {
-                    match client.stream.read(&mut buf) {
+                    match recv_with_fds(client.stream.as_raw_fd(), &mut buf, &mut client.fds) {
                         Ok(0) => {
                             self.unwatch(token);
                             return;
@@ -434,7 +539,8 @@ impl Sup {
                                 return;
                             }
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(Errno::EAGAIN) => break,
+                        Err(Errno::EINTR) => continue,
                         Err(_) => {
                             self.unwatch(token);
                             return;
@@ -447,11 +553,16 @@ impl Sup {
                         return;
                     };
                     match serde_json::from_slice::<Request>(&line) {
-                        Ok(req) => self.request(req, client.stream),
+                        Ok(req) => self.request(req, client.stream, client.fds),
                         Err(e) => reply(client.stream, &error(format!("bad request: {e}"))),
                     }
                 }
             }
+            Source::ExecClient(exec) => {
+                let exec = *exec;
+                self.exec_client_io(token, exec);
+            }
+            Source::Attach => self.attach_io(token),
             Source::Output { .. } => self.pump(token),
             Source::Helper(id) => {
                 let id = *id;
@@ -501,6 +612,7 @@ impl Sup {
                     if let Some(log) = self.containers.get_mut(&id).and_then(|c| c.log.as_mut()) {
                         log.write(stream, data);
                     }
+                    self.attach_output(&id, stream, data);
                 }
                 Owner::Exec(e) => {
                     if let Some(job) = self.execs.get_mut(&e) {
@@ -518,11 +630,23 @@ impl Sup {
         }
     }
 
-    fn request(&mut self, req: Request, client: UnixStream) {
+    fn request(&mut self, req: Request, client: UnixStream, fds: Vec<OwnedFd>) {
         if self.shutdown.is_some() && !matches!(req, Request::List | Request::Wait { .. }) {
             return reply(client, &error("the pod is shutting down"));
         }
         match req {
+            Request::ExecStream {
+                id,
+                process,
+                bundle,
+                tty,
+            } => self.exec_stream(id, process, bundle, tty, fds, client),
+            Request::Attach {
+                id,
+                stdin,
+                stdout,
+                stderr,
+            } => self.attach(id, stdin, stdout, stderr, client),
             Request::Start(spec) => self.start(spec, client),
             Request::Signal { id, signal } => {
                 let resp = match self.containers.get(&id) {
@@ -555,7 +679,18 @@ impl Sup {
                 bundle,
                 timeout_ms,
                 max_output,
-            } => self.exec(id, process, bundle, timeout_ms, max_output, client),
+            } => {
+                let job = ExecSpec {
+                    id,
+                    process,
+                    bundle,
+                    timeout_ms,
+                    max_output,
+                    stdio: None,
+                    tty: false,
+                };
+                self.exec(job, client)
+            }
             Request::ReopenLog { id } => {
                 let resp = match self.containers.get_mut(&id) {
                     None => error(format!("no container {id}")),
@@ -570,6 +705,7 @@ impl Sup {
                 reply(client, &resp);
             }
             Request::Forget { id } => {
+                self.drop_attaches_of(&id);
                 if let Some(c) = self.containers.remove(&id) {
                     if let Some(pid) = c.status.local_pid {
                         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -615,6 +751,8 @@ impl Sup {
             let mut stdin_keep = None;
             if spec.stdin {
                 let (r, w) = pipe()?;
+                // Attach writes here from the event loop: never block it.
+                set_nonblocking(&w);
                 stdio.stdin = Some(r);
                 stdin_keep = Some(w);
             } else {
@@ -650,6 +788,7 @@ impl Sup {
                     spec,
                     log,
                     stdin: stdin_keep,
+                    pty: None,
                     oom_baseline,
                 },
             );
@@ -665,15 +804,56 @@ impl Sup {
         }
     }
 
-    fn exec(
+    /// A streaming exec: the daemon's descriptors as stdio (or a new pty).
+    fn exec_stream(
         &mut self,
         id: String,
         process: PathBuf,
         bundle: PathBuf,
-        timeout_ms: Option<u64>,
-        max: usize,
+        tty: bool,
+        mut fds: Vec<OwnedFd>,
         client: UnixStream,
     ) {
+        let stdio = if tty {
+            launch::Stdio {
+                stdin: None,
+                stdout: None,
+                stderr: None,
+            }
+        } else {
+            if fds.len() != 3 {
+                return reply(
+                    client,
+                    &error(format!("a streaming exec needs 3 descriptors, got {}", fds.len())),
+                );
+            }
+            let stderr = fds.pop();
+            let stdout = fds.pop();
+            let stdin = fds.pop();
+            launch::Stdio { stdin, stdout, stderr }
+        };
+        let job = ExecSpec {
+            id,
+            process,
+            bundle,
+            timeout_ms: None,
+            max_output: 0,
+            stdio: Some(stdio),
+            tty,
+        };
+        self.exec(job, client)
+    }
+
+    fn exec(&mut self, job: ExecSpec, client: UnixStream) {
+        let ExecSpec {
+            id,
+            process,
+            bundle,
+            timeout_ms,
+            max_output: max,
+            stdio: given,
+            tty,
+        } = job;
         let Some(c) = self.containers.get(&id) else {
             return reply(client, &error(format!("no container {id}")));
         };
@@ -684,27 +864,35 @@ impl Sup {
         let sub = format!("nodelet-exec-{}", self.exec_seq);
         let sub_cgroups: Vec<PathBuf> = c.spec.cgroup_dirs.iter().map(|d| d.join(&sub)).collect();
         let exec_token = self.token();
+        let stream = given.is_some();
         let result = (|| -> Result<(), String> {
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            let stdin: OwnedFd = std::fs::File::open("/dev/null")
-                .map_err(|e| format!("open /dev/null: {e}"))?
-                .into();
-            self.watch_output(out_r, Owner::Exec(exec_token), Stream::Stdout);
-            self.watch_output(err_r, Owner::Exec(exec_token), Stream::Stderr);
+            let stdio = match given {
+                Some(stdio) => stdio,
+                None => {
+                    let (out_r, out_w) = pipe()?;
+                    let (err_r, err_w) = pipe()?;
+                    let stdin: OwnedFd = std::fs::File::open("/dev/null")
+                        .map_err(|e| format!("open /dev/null: {e}"))?
+                        .into();
+                    self.watch_output(out_r, Owner::Exec(exec_token), Stream::Stdout);
+                    self.watch_output(err_r, Owner::Exec(exec_token), Stream::Stderr);
+                    launch::Stdio {
+                        stdin: Some(stdin),
+                        stdout: Some(out_w),
+                        stderr: Some(err_w),
+                    }
+                }
+            };
             let (pid, sock) = launch::spawn(
                 Job::Exec {
                     id: id.clone(),
                     process,
                     sub_cgroup: sub.clone(),
                     bundle,
+                    tty,
                 },
                 &self.runtime_root,
-                launch::Stdio {
-                    stdin: Some(stdin),
-                    stdout: Some(out_w),
-                    stderr: Some(err_w),
-                },
+                stdio,
                 self.pod_pid_ns,
             )?;
             self.track_helper(pid, sock, HelperKind::Exec { exec: exec_token });
@@ -712,6 +900,17 @@ impl Sup {
         })();
         match result {
             Ok(()) => {
+                let client_token = stream.then(|| {
+                    // Watch the kept connection: the daemon hanging up
+                    // means its client went away.
+                    let t = self.token();
+                    let _ = self.epoll.add(
+                        &client,
+                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, t),
+                    );
+                    self.sources.insert(t, Source::ExecClient(exec_token));
+                    t
+                });
                 self.execs.insert(
                     exec_token,
                     ExecJob {
@@ -720,18 +919,55 @@ impl Sup {
                         stdout: Vec::new(),
                         stderr: Vec::new(),
                         max,
-                        open_streams: 2,
+                        open_streams: if stream { 0 } else { 2 },
                         exit: None,
                         exited_at: None,
                         deadline: timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms)),
                         timed_out: false,
                         sub_cgroups,
+                        stream,
+                        client_token,
+                        killed: false,
                     },
                 );
             }
             Err(e) => {
                 self.drop_exec_outputs(exec_token);
                 reply(client, &error(e));
+            }
+        }
+    }
+
+    /// The streaming exec's connection is readable: the daemon only ever
+    /// hangs up on it (or sends nothing), which kills the exec.
+    fn exec_client_io(&mut self, token: u64, exec: u64) {
+        let mut gone = false;
+        if let Some(c) = self.execs.get(&exec).and_then(|j| j.client.as_ref()) {
+            let mut buf = [0u8; 256];
+            loop {
+                match (&*c).read(&mut buf) {
+                    Ok(0) => {
+                        gone = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        gone = true;
+                        break;
+                    }
+                }
+            }
+        } else {
+            gone = true;
+        }
+        if gone {
+            self.unwatch(token);
+            if let Some(job) = self.execs.get_mut(&exec) {
+                job.client = None;
+                job.client_token = None;
+                job.killed = true;
             }
         }
     }
@@ -766,6 +1002,10 @@ impl Sup {
                 let host_pid = launch::host_pid(pid).unwrap_or(pid);
                 self.pids.insert(pid, PidRole::Container(id.clone()));
                 if let Some(pty) = pty {
+                    let dup = pty.try_clone().ok();
+                    if let (Some(c), Some(d)) = (self.containers.get_mut(&id), dup) {
+                        c.pty = Some(d);
+                    }
                     self.watch_output(pty, Owner::Container(id.clone()), Stream::Stdout);
                 }
                 if let Some(c) = self.containers.get_mut(&id) {
@@ -802,10 +1042,20 @@ impl Sup {
                     reply(client, &error(why));
                 }
             }
-            (HelperKind::Exec { exec }, Outcome::Started { pid, .. }) => {
+            (HelperKind::Exec { exec }, Outcome::Started { pid, pty }) => {
                 if let Some(job) = self.execs.get_mut(&exec) {
                     job.pid = Some(pid);
+                    if job.stream {
+                        let sent = job.client.as_ref().is_some_and(|c| {
+                            send_line(c, &Response::ExecStarted { pid }, pty.as_ref().map(|p| p.as_raw_fd()))
+                        });
+                        if !sent {
+                            job.killed = true;
+                        }
+                    }
                 }
+                // The daemon has its copy of the pty master now.
+                drop(pty);
                 self.pids.insert(pid, PidRole::Exec(exec));
                 if let Some(code) = self.early_exits.remove(&pid) {
                     self.pids.remove(&pid);
@@ -817,7 +1067,11 @@ impl Sup {
             }
             (HelperKind::Exec { exec }, Outcome::Failed(why)) => {
                 self.drop_exec_outputs(exec);
+                if let Some(t) = self.execs.get(&exec).and_then(|j| j.client_token) {
+                    self.unwatch(t);
+                }
                 if let Some(mut job) = self.execs.remove(&exec) {
+                    kill_cgroup(&job.sub_cgroups);
                     remove_sub_cgroups(&job.sub_cgroups);
                     if let Some(client) = job.client.take() {
                         reply(client, &error(why));
@@ -836,6 +1090,7 @@ impl Sup {
         for w in expired {
             reply(w.client, &Response::Running);
         }
+        self.attach_timers(now);
         let late: Vec<u64> = self
             .helpers
             .iter()
@@ -853,7 +1108,7 @@ impl Sup {
             if job.exit.is_none() && job.deadline.is_some_and(|d| d <= now) {
                 job.timed_out = true;
             }
-            if job.timed_out && job.exit.is_none() {
+            if (job.timed_out || job.killed) && job.exit.is_none() {
                 // Kill the whole tree: everything in the exec's sub-cgroup.
                 kill_cgroup(&job.sub_cgroups);
                 if let Some(pid) = job.pid {
@@ -867,9 +1122,23 @@ impl Sup {
         }
         for token in finished {
             self.drop_exec_outputs(token);
+            if let Some(t) = self.execs.get(&token).and_then(|j| j.client_token) {
+                self.unwatch(t);
+            }
             if let Some(mut job) = self.execs.remove(&token) {
                 kill_cgroup(&job.sub_cgroups);
                 remove_sub_cgroups(&job.sub_cgroups);
+                if job.stream {
+                    if let Some(client) = job.client.take() {
+                        reply(
+                            client,
+                            &Response::ExecExited {
+                                exit_code: job.exit.unwrap_or(-1),
+                            },
+                        );
+                    }
+                    continue;
+                }
                 let b64 = base64::engine::general_purpose::STANDARD;
                 let resp = Response::Exec {
                     exit_code: job.exit.unwrap_or(-1),

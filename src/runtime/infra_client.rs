@@ -58,7 +58,7 @@ async fn exchange(sock: &Path, request: &Request) -> Result<Response, InfraError
 
 /// Connect even when the socket path is longer than sun_path allows, by
 /// going through an `O_PATH` descriptor of its directory.
-async fn connect(sock: &Path) -> std::io::Result<UnixStream> {
+pub(crate) async fn connect(sock: &Path) -> std::io::Result<UnixStream> {
     if sock.as_os_str().len() < 100 {
         return UnixStream::connect(sock).await;
     }

@@ -28,6 +28,7 @@ pub mod records;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;
+pub mod streams;
 pub mod user;
 
 use std::collections::HashMap;
