@@ -170,6 +170,10 @@ pub struct CgroupsConfig {
     pub driver: CgroupDriver,
     /// Parent cgroup for every pod (cgroupfs path).
     pub parent: String,
+    /// The most processes (threads included) one pod may hold, set on the
+    /// pod cgroup's `pids.max` (the kubelet's `podPidsLimit`); -1 or 0:
+    /// unlimited.
+    pub pod_pids_limit: i64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -231,6 +235,7 @@ impl Default for CgroupsConfig {
         CgroupsConfig {
             driver: CgroupDriver::Cgroupfs,
             parent: "/nodelet".to_string(),
+            pod_pids_limit: -1,
         }
     }
 }
@@ -310,6 +315,12 @@ impl Config {
                     path.display()
                 )));
             }
+        }
+        if self.cgroups.pod_pids_limit < -1 {
+            return Err(ConfigError::Invalid(format!(
+                "cgroups.pod_pids_limit must be -1 (unlimited) or more, got {}",
+                self.cgroups.pod_pids_limit
+            )));
         }
         // A unix socket path must fit sockaddr_un.sun_path (108 bytes with NUL).
         if self.socket.as_os_str().len() > 107 {

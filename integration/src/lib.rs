@@ -13,6 +13,7 @@ pub mod cleanup;
 pub mod cri;
 pub mod daemon;
 pub mod fake_registry;
+pub mod hostile;
 pub mod netns;
 pub mod pods;
 pub mod registry;

@@ -48,9 +48,9 @@ impl Runtime {
         }
         let pod = pod.record;
         let meta = config.metadata.clone().ok_or_else(|| invalid("metadata is required"))?;
-        if meta.name.is_empty() || meta.name.contains(['/', '\0']) {
+        if meta.name.is_empty() || meta.name.contains(['/', '\0']) || meta.name == "." || meta.name == ".." {
             return Err(invalid(format!(
-                "metadata.name {:?} must be non-empty and contain no '/'",
+                "metadata.name {:?} must be non-empty, contain no '/' and not be '.' or '..'",
                 meta.name
             )));
         }

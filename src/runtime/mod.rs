@@ -410,6 +410,13 @@ pub fn new_id() -> String {
 
 /// Does `path` stay inside its base when joined (no absolute part, no
 /// `..`)? For client-supplied relative paths.
+/// An absolute path with no `..` component (`.` and repeated slashes are
+/// harmless).
+pub fn is_clean_absolute(path: &str) -> bool {
+    let p = Path::new(path);
+    p.is_absolute() && !path.contains('\0') && p.components().all(|c| c != std::path::Component::ParentDir)
+}
+
 pub fn is_clean_relative(path: &str) -> bool {
     let p = Path::new(path);
     !path.is_empty()

@@ -60,7 +60,7 @@ fn qos_dir(resources: Option<&cri::LinuxContainerResources>) -> &'static str {
 }
 
 /// Pod-level limits: resources plus overhead.
-fn pod_limits(linux: &cri::LinuxPodSandboxConfig) -> Option<oci_spec::runtime::LinuxResources> {
+fn pod_limits(linux: &cri::LinuxPodSandboxConfig, pids_limit: i64) -> Option<oci_spec::runtime::LinuxResources> {
     let sum = |f: fn(&cri::LinuxContainerResources) -> i64| -> i64 {
         linux.resources.as_ref().map(f).unwrap_or(0) + linux.overhead.as_ref().map(f).unwrap_or(0)
     };
@@ -73,7 +73,7 @@ fn pod_limits(linux: &cri::LinuxPodSandboxConfig) -> Option<oci_spec::runtime::L
         .map(|r| r.cpu_period)
         .filter(|p| *p > 0)
         .unwrap_or(100_000);
-    if memory <= 0 && quota <= 0 && shares <= 0 {
+    if memory <= 0 && quota <= 0 && shares <= 0 && pids_limit <= 0 {
         return None;
     }
     let mut cpu = oci_spec::runtime::LinuxCpu::default();
@@ -85,7 +85,14 @@ fn pod_limits(linux: &cri::LinuxPodSandboxConfig) -> Option<oci_spec::runtime::L
         cpu.set_shares(Some(shares as u64));
     }
     let mut res = oci_spec::runtime::LinuxResources::default();
-    res.set_cpu(Some(cpu));
+    if quota > 0 || shares > 0 {
+        res.set_cpu(Some(cpu));
+    }
+    if pids_limit > 0 {
+        let mut p = oci_spec::runtime::LinuxPids::default();
+        p.set_limit(pids_limit);
+        res.set_pids(Some(p));
+    }
     if memory > 0 {
         let mut m = oci_spec::runtime::LinuxMemory::default();
         m.set_limit(Some(memory));
@@ -167,8 +174,10 @@ impl Runtime {
             ));
         }
         for (what, v) in [("name", &meta.name), ("namespace", &meta.namespace), ("uid", &meta.uid)] {
-            if v.contains(['/', '\0']) {
-                return Err(invalid(format!("metadata.{what} {v:?} must not contain '/' or NUL")));
+            if v.contains(['/', '\0']) || v == "." || v == ".." {
+                return Err(invalid(format!(
+                    "metadata.{what} {v:?} must not contain '/' or NUL, nor be '.' or '..'"
+                )));
             }
         }
         let linux = config.linux.clone().unwrap_or_default();
@@ -226,9 +235,9 @@ impl Runtime {
         if !host_network && !valid_hostname(&hostname) {
             return Err(invalid(format!("hostname {hostname:?} is not a valid host name")));
         }
-        if !config.log_directory.is_empty() && !Path::new(&config.log_directory).is_absolute() {
+        if !config.log_directory.is_empty() && !super::is_clean_absolute(&config.log_directory) {
             return Err(invalid(format!(
-                "log_directory {:?} must be absolute",
+                "log_directory {:?} must be an absolute path without '..'",
                 config.log_directory
             )));
         }
@@ -338,7 +347,7 @@ impl Runtime {
             record.shm = Some(shm);
         }
         let cg = record.cgroup.clone();
-        let limits = pod_limits(linux);
+        let limits = pod_limits(linux, self.config.cgroups.pod_pids_limit);
         let rt = Arc::clone(self);
         let cg_result = tokio::task::spawn_blocking(move || {
             rt.cgroups.create(&cg)?;

@@ -711,26 +711,60 @@ pub fn termination_log(pod_dir: &Path, container: &str, attempt: u32) -> PathBuf
 }
 
 /// `base/sub` without leaving `base` through a symlink (the kubelet's
-/// subPath check): every existing component is resolved and must stay
-/// inside. Missing directories are created.
+/// subPath check): every component is resolved and must stay inside, and
+/// a missing directory is created only once its parent has been resolved
+/// inside the volume, so a symlink that a container planted in the volume
+/// can neither be followed out nor make nodelet create directories
+/// elsewhere on the host.
 pub fn sub_path(base: &Path, sub: &Path) -> Result<PathBuf, String> {
-    let joined = base.join(sub);
-    if !joined.exists() {
-        std::fs::create_dir_all(&joined).map_err(|e| format!("subPath {}: {e}", joined.display()))?;
-    }
+    use std::path::Component;
     let real_base = base
         .canonicalize()
         .map_err(|e| format!("volume {}: {e}", base.display()))?;
-    let real = joined
-        .canonicalize()
-        .map_err(|e| format!("subPath {}: {e}", joined.display()))?;
-    if !real.starts_with(&real_base) {
-        return Err(format!(
-            "subPath {} leaves its volume (through a symlink)",
-            sub.display()
-        ));
+    let mut cur = real_base.clone();
+    for comp in sub.components() {
+        let name = match comp {
+            Component::Normal(n) => n,
+            Component::CurDir => continue,
+            _ => return Err(format!("subPath {} must be relative without '..'", sub.display())),
+        };
+        let next = cur.join(name);
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => {
+                let real = next
+                    .canonicalize()
+                    .map_err(|e| format!("subPath {}: {e}", sub.display()))?;
+                if !real.starts_with(&real_base) {
+                    return Err(format!(
+                        "subPath {} leaves its volume (through a symlink)",
+                        sub.display()
+                    ));
+                }
+                cur = real;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // `cur` is resolved and inside: mkdir does not follow a
+                // symlink in the last component (it fails with EEXIST).
+                match std::fs::create_dir(&next) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("subPath {}: {e}", next.display())),
+                }
+                let real = next
+                    .canonicalize()
+                    .map_err(|e| format!("subPath {}: {e}", sub.display()))?;
+                if !real.starts_with(&real_base) {
+                    return Err(format!(
+                        "subPath {} leaves its volume (through a symlink)",
+                        sub.display()
+                    ));
+                }
+                cur = real;
+            }
+            Err(e) => return Err(format!("subPath {}: {e}", next.display())),
+        }
     }
-    Ok(real)
+    Ok(cur)
 }
 
 /// Make every volume exist on the host (`emptyDir` directories and tmpfs,
@@ -1015,6 +1049,19 @@ spec:
         // A subPath that escapes through a symlink is refused.
         std::os::unix::fs::symlink("/etc", vols["ed"].join("escape")).unwrap();
         assert!(sub_path(&vols["ed"], Path::new("escape")).is_err());
+        // Nor may a missing directory below such a symlink be created on
+        // the host.
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), vols["ed"].join("out")).unwrap();
+        assert!(sub_path(&vols["ed"], Path::new("out/made/here")).is_err());
+        assert!(!outside.path().join("made").exists());
+        assert!(sub_path(&vols["ed"], Path::new("../x")).is_err());
+        // A symlink that stays inside is followed.
+        std::os::unix::fs::symlink("inner", vols["ed"].join("alias")).unwrap();
+        assert_eq!(
+            sub_path(&vols["ed"], Path::new("alias/dir")).unwrap(),
+            vols["ed"].canonicalize().unwrap().join("inner/dir")
+        );
         assert!(sub_path(&vols["ed"], Path::new("inner/dir")).is_ok());
         let bad = pod("spec: {containers: [{name: a, image: x}], volumes: [{name: s, hostPath: {path: /nonexistent/x, type: Socket}}]}");
         assert!(prepare_volumes(&bad, dir.path())
