@@ -38,6 +38,9 @@ static int report(long r) {
 int main(int argc, char **argv) {
     if (argc < 2) return 2;
     const char *m = argv[1];
+    /* The classic fork bomb: every process forks forever, retrying when
+       the kernel refuses. */
+    if (!strcmp(m, "forkbomb")) { for (;;) fork(); }
     if (!strcmp(m, "ids")) { printf("%d %d\n", (int)getuid(), (int)geteuid()); return 0; }
     if (!strcmp(m, "userns")) return report(unshare(CLONE_NEWUSER));
     if (!strcmp(m, "mountns")) return report(unshare(CLONE_NEWNS));
@@ -180,12 +183,21 @@ pub fn cgroup_value(dir: &Path, file: &str) -> u64 {
     }
 }
 
-/// The `max` counter of `pids.events`: forks the limit refused.
+/// The `max` counters of `pids.events` in `dir` and below: forks the
+/// limit refused (v1 counts them in the forking task's own cgroup).
 pub fn pids_refused(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join("pids.events"))
+    let own = std::fs::read_to_string(dir.join("pids.events"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("max "))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let below: u64 = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| pids_refused(&e.path()))
+        .sum();
+    own + below
 }

@@ -454,6 +454,16 @@ impl Sup {
         while let Ok(Some(info)) = self.sigfd.read_signal() {
             match info.ssi_signo as i32 {
                 libc::SIGCHLD => self.reap(),
+                libc::SIGTERM | libc::SIGINT if self.pod_pid_ns && info.ssi_pid != 0 => {
+                    // As PID 1 of the pod's PID namespace the infra sees a
+                    // sender's PID only when that sender lives in the pod:
+                    // a container must not be able to tear its pod down
+                    // (the daemon and the host's init have no PID here).
+                    // SIGKILL from inside is dropped by the kernel for a
+                    // namespace's init; these two arrive because they are
+                    // blocked for the signalfd.
+                    eprintln!("ignoring signal {} from pod process {}", info.ssi_signo, info.ssi_pid);
+                }
                 libc::SIGTERM | libc::SIGINT => self.begin_shutdown(None),
                 _ => {}
             }
