@@ -618,15 +618,48 @@ async fn path_escapes_are_refused_and_touch_nothing() {
         "container_path",
     );
 
+    let mut c = w.container("dev", "true");
+    c.devices = vec![api::Device {
+        container_path: "/dev/../../sentinel/null".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rwm".into(),
+    }];
+    assert_invalid(
+        w.create(&id, &pod, c).await,
+        "device container_path with ..",
+        "devices[0].container_path",
+    );
+    let mut c = w.container("nohost", "true");
+    c.mounts = vec![api::Mount {
+        container_path: "/x".into(),
+        host_path: sentinel.join("missing").display().to_string(),
+        ..Default::default()
+    }];
+    let r = w.create(&id, &pod, c).await;
+    assert!(r.is_err(), "a mount of a missing host path: {r:?}");
+    assert!(
+        !sentinel.join("missing").exists(),
+        "CreateContainer made the missing host path"
+    );
+
+    // A hostPath that is itself a symlink is followed, as the kubelet's
+    // hostPath volumes are (the node's admin chose it).
+    let data = w.daemon.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("file"), "data\n").unwrap();
+    let alias = w.daemon.path("data-alias");
+    std::os::unix::fs::symlink(&data, &alias).unwrap();
+    let mut c = w.container("alias", "sleep 1000");
+    c.mounts = vec![ro_mount(&alias, "/alias")];
+    let aliased = w.run(&id, &pod, c).await;
+    assert_eq!(w.sh(&aliased, "cat /alias/file").await, "data\n");
+
     // A volume holding a symlink to a host directory, and a mount whose
     // container path goes through it: the symlink resolves inside the
     // container's root, never on the host.
     let vol = w.daemon.path("vol");
     std::fs::create_dir_all(&vol).unwrap();
     std::os::unix::fs::symlink(&sentinel, vol.join("link")).unwrap();
-    let data = w.daemon.path("data");
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(data.join("file"), "data\n").unwrap();
     let mut c = w.container("through", "sleep 1000");
     c.mounts = vec![
         api::Mount {
@@ -738,6 +771,7 @@ async fn path_escapes_are_refused_and_touch_nothing() {
                 "cni",
                 "config.toml",
                 "data",
+                "data-alias",
                 "logs",
                 "manifests",
                 "nodelet.log",

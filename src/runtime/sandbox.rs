@@ -769,6 +769,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn pod_pids_limit_and_log_directory() {
+        let none = cri::LinuxPodSandboxConfig::default();
+        assert!(pod_limits(&none, -1).is_none());
+        assert!(pod_limits(&none, 0).is_none());
+        let l = pod_limits(&none, 64).expect("a pids limit alone is a limit");
+        assert_eq!(l.pids().as_ref().map(|p| p.limit()), Some(64));
+        assert!(l.cpu().is_none() && l.memory().is_none());
+        assert!(super::super::is_clean_absolute("/var/log/pods/ns_name_uid"));
+        assert!(super::super::is_clean_absolute("/var/log/./pods//x"));
+        assert!(!super::super::is_clean_absolute("/var/log/pods/../../etc"));
+        assert!(!super::super::is_clean_absolute("var/log"));
+        assert!(!super::super::is_clean_absolute("/var/log\0x"));
+    }
+
+    #[test]
     fn resolv_conf_sources() {
         let host = "nameserver 127.0.0.53\nnameserver 10.0.0.2\nsearch corp\n";
         assert_eq!(resolv_conf(None, false, host), "nameserver 10.0.0.2\nsearch corp\n");

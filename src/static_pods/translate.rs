@@ -1057,6 +1057,7 @@ spec:
         assert!(!outside.path().join("made").exists());
         assert!(sub_path(&vols["ed"], Path::new("../x")).is_err());
         // A symlink that stays inside is followed.
+        std::fs::create_dir_all(vols["ed"].join("inner")).unwrap();
         std::os::unix::fs::symlink("inner", vols["ed"].join("alias")).unwrap();
         assert_eq!(
             sub_path(&vols["ed"], Path::new("alias/dir")).unwrap(),
