@@ -146,16 +146,21 @@ async fn containers_cannot_reach_the_host_the_daemon_or_other_pods() {
     assert_ne!(code, 0, "nsenter into the infra's mount namespace worked: {out}");
     // The infra ignores signals from inside its PID namespace.
     let infra_a = w.infra_pid(&a_id).await;
-    let _ = try_sh(&mut w, &a, "kill -9 1; kill -TERM 1; true").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        std::path::Path::new(&format!("/proc/{infra_a}")).exists(),
-        "the container killed its infra"
-    );
-    assert_eq!(
-        w.pod_status(&a_id).await.state,
-        api::PodSandboxState::SandboxReady as i32
-    );
+    for sig in ["KILL", "TERM", "INT", "HUP", "STOP", "QUIT", "USR1"] {
+        let _ = try_sh(&mut w, &a, &format!("kill -{sig} 1")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stat = std::fs::read_to_string(format!("/proc/{infra_a}/stat"))
+            .unwrap_or_else(|_| panic!("SIG{sig} from the container killed its infra"));
+        let state = stat.rsplit(')').next().unwrap_or("").split_whitespace().next();
+        assert!(matches!(state, Some("S" | "R")), "infra after SIG{sig}: {stat}");
+        assert_eq!(
+            w.pod_status(&a_id).await.state,
+            api::PodSandboxState::SandboxReady as i32,
+            "after SIG{sig}"
+        );
+    }
+    // The infra still serves the pod (ExecSync goes through it).
+    assert_eq!(w.sh(&a, "echo still").await, "still\n");
 
     // Pod A sees none of pod B's processes.
     let (_, procs) = try_sh(&mut w, &a, "cat /proc/[0-9]*/cmdline | tr '\\0' ' '").await;
@@ -164,6 +169,11 @@ async fn containers_cannot_reach_the_host_the_daemon_or_other_pods() {
     // Nor B's root through its mountinfo-derived paths.
     let (code, out) = try_sh(&mut w, &a, "find / -xdev -name b-secret 2>/dev/null | head -1").await;
     assert!(code == 0 && out.trim().is_empty(), "pod A found B's file: {out}");
+    // Wants a pod network (once the CNI bridge is merged): a container on
+    // its own network cannot reach the daemon's loopback listeners
+    // (streaming server, metrics) at all; on the host network it can, and
+    // only the streaming tokens protect that server.
+
     // Nothing of nodelet's socket under /run in the container either.
     let (_, out) = try_sh(&mut w, &a, "find / -type s 2>/dev/null | grep -v '^/proc' | head").await;
     assert!(!out.contains("nodelet.sock"), "{out}");
