@@ -231,6 +231,31 @@ pub fn validate(pod: &Pod) -> Result<(), String> {
             }
         }
     }
+    // A Localhost seccomp profile is a file under the static pod
+    // manager's seccomp directory, named relative to it (the API server's
+    // rule): never a path that climbs out of it.
+    let pod_profile = spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref());
+    let profiles = std::iter::once(("pod", pod_profile)).chain(
+        spec.init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .map(|c| {
+                (
+                    c.name.as_str(),
+                    c.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()),
+                )
+            }),
+    );
+    for (who, p) in profiles {
+        if let Some(l) = p.and_then(|p| p.localhost_profile.as_deref()) {
+            if l.is_empty() || l.starts_with('/') || l.split('/').any(|c| c == "..") {
+                return Err(format!(
+                    "{who}: seccompProfile.localhostProfile {l:?} must be a relative path without '..'"
+                ));
+            }
+        }
+    }
     if let Some(rp) = &spec.restart_policy {
         if !matches!(rp.as_str(), "Always" | "OnFailure" | "Never") {
             return Err(format!("restartPolicy {rp:?} is not Always, OnFailure or Never"));
@@ -308,6 +333,24 @@ spec:
             (
                 "kind: Pod\nmetadata: {name: x}\nspec: {containers: [}".to_string(),
                 "invalid YAML",
+            ),
+            (
+                ETCD.replace(
+                    "    command: [etcd",
+                    "    securityContext: {seccompProfile: {type: Localhost, localhostProfile: ../../etc/shadow}}\n    command: [etcd",
+                ),
+                "localhostProfile",
+            ),
+            (
+                ETCD.replace(
+                    "  hostNetwork: true",
+                    "  hostNetwork: true\n  securityContext: {seccompProfile: {type: Localhost, localhostProfile: /etc/x.json}}",
+                ),
+                "must be a relative path",
+            ),
+            (
+                ETCD.replace("mountPath: /var/lib/etcd}", "mountPath: /var/lib/etcd, subPath: a/../../b}"),
+                "subPath",
             ),
         ];
         for (text, want) in cases {
