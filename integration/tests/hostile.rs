@@ -820,6 +820,7 @@ metadata:
   name: esc
 spec:
   hostNetwork: true
+  terminationGracePeriodSeconds: 1
   volumes:
   - name: shared
     emptyDir: {{}}
@@ -831,6 +832,13 @@ spec:
     - name: shared
       mountPath: /shared
   containers:
+  - name: good
+    image: {image}
+    command: ["sh", "-c", "echo hi > /data/f; exec sleep 1000"]
+    volumeMounts:
+    - name: shared
+      mountPath: /data
+      subPath: ok
   - name: victim
     image: {image}
     command: ["sleep", "1000"]
@@ -849,6 +857,23 @@ spec:
         })
         .await;
     println!("{}", serde_json::to_string_pretty(&pod["status"]).unwrap_or_default());
+    // A subPath that stays in its volume works (through the pinned bind).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let files = nodelet_integration::daemon::list_tree(w.daemon.dir.path());
+        if files.iter().any(|f| f.ends_with("volumes/shared/ok/f")) {
+            assert!(
+                files.iter().any(|f| f.contains("volume-subpaths/good/")),
+                "no pinned subPath: {files:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the good container never wrote through its subPath"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         nodelet_integration::daemon::list_tree(&sentinel).is_empty(),
         "subPath created {:?} on the host",
@@ -857,7 +882,7 @@ spec:
     sp.remove("esc.yaml");
     sp.wait_gone("esc-node1", Duration::from_secs(30)).await;
     // The manager removes the sandbox after the status entry goes.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let pods =
             w.rt.list_pod_sandbox(api::ListPodSandboxRequest::default())

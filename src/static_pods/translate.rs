@@ -566,7 +566,15 @@ pub fn container_config(ctx: &Context, c: &Container, attempt: u32) -> Result<cr
             .get(&vm.name)
             .ok_or_else(|| format!("volumeMount {:?}: volume not prepared", vm.name))?;
         let host = match vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => sub_path(base, Path::new(sub))?,
+            Some(sub) => {
+                let real = sub_path(base, Path::new(sub))?;
+                let pin = ctx
+                    .pod_dir
+                    .join(SUBPATH_DIR)
+                    .join(&c.name)
+                    .join(mounts.len().to_string());
+                pin_sub_path(base, &real, &pin)?
+            }
             None => base.clone(),
         };
         mounts.push(cri::Mount {
@@ -765,6 +773,95 @@ pub fn sub_path(base: &Path, sub: &Path) -> Result<PathBuf, String> {
         }
     }
     Ok(cur)
+}
+
+/// Where a static pod's subPath binds live, under its pod directory:
+/// `<pod dir>/volume-subpaths/<container>/<mount index>`.
+pub const SUBPATH_DIR: &str = "volume-subpaths";
+
+/// Pin a resolved subPath so that the container mounts exactly the
+/// directory (or file) that was checked, whatever a process with the
+/// volume mounted renames or swaps for a symlink afterwards: `real` is
+/// opened beneath the volume with `openat2(RESOLVE_BENEATH |
+/// RESOLVE_NO_MAGICLINKS)` (a symlink that leaves the volume fails the
+/// open) and that descriptor is bind-mounted onto `pin`, which becomes the
+/// CRI mount's host path (the kubelet's `volume-subpaths` technique). A
+/// previous bind at `pin` (an earlier attempt of the container) is
+/// replaced. Blocking.
+pub fn pin_sub_path(base: &Path, real: &Path, pin: &Path) -> Result<PathBuf, String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| format!("volume {}: {e}", base.display()))?;
+    let rel = real
+        .strip_prefix(&real_base)
+        .map_err(|_| format!("subPath {} leaves its volume", real.display()))?;
+    let root = std::fs::File::open(&real_base).map_err(|e| format!("open volume {}: {e}", real_base.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let fd = openat2(root.as_raw_fd(), rel, how).map_err(|e| match e {
+        nix::errno::Errno::EXDEV | nix::errno::Errno::ELOOP => {
+            format!("subPath {} leaves its volume (through a symlink)", rel.display())
+        }
+        e => format!("subPath {}: {e}", rel.display()),
+    })?;
+    // SAFETY: openat2 just returned this descriptor and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let source = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let is_dir = std::fs::metadata(&source)
+        .map_err(|e| format!("subPath {}: {e}", rel.display()))?
+        .is_dir();
+    crate::runtime::mounts::unmount(pin).map_err(|e| format!("unmount {}: {e}", pin.display()))?;
+    if let Some(parent) = pin.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("create {}: {e}", parent.display()))?;
+    }
+    let made = if is_dir {
+        std::fs::create_dir_all(pin)
+    } else {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(pin)
+            .map(|_| ())
+    };
+    made.map_err(|e| format!("create {}: {e}", pin.display()))?;
+    nix::mount::mount(
+        Some(&source),
+        pin,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind subPath {} onto {}: {e}", rel.display(), pin.display()))?;
+    Ok(pin.to_path_buf())
+}
+
+/// Unmount every subPath bind of a static pod (before its directory is
+/// deleted: deleting through a bind would delete the volume's, or a
+/// hostPath's, files). False if one could not be unmounted.
+pub fn unpin_sub_paths(pod_dir: &Path) -> bool {
+    let mut ok = true;
+    for c in std::fs::read_dir(pod_dir.join(SUBPATH_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for m in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+            if let Err(e) = crate::runtime::mounts::unmount(&m.path()) {
+                tracing::warn!("unmount {}: {e}", m.path().display());
+                ok = false;
+            }
+        }
+    }
+    ok
 }
 
 /// Make every volume exist on the host (`emptyDir` directories and tmpfs,
@@ -1022,6 +1119,32 @@ spec:
         assert_eq!(c.metadata.unwrap().attempt, 3);
         assert_eq!(c.labels[LABEL_CONTAINER_NAME], "a");
         assert_eq!(c.annotations[ANN_RESTART_COUNT], "3");
+    }
+
+    #[test]
+    fn a_pinned_sub_path_survives_a_swap_for_a_symlink() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // bind mounts need root
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let vol = dir.path().join("vol");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(vol.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(vol.join("sub/mine"), "mine").unwrap();
+        std::fs::write(outside.join("theirs"), "theirs").unwrap();
+        let real = sub_path(&vol, Path::new("sub")).unwrap();
+        let pin = dir.path().join("pod").join(SUBPATH_DIR).join("c").join("0");
+        assert_eq!(pin_sub_path(&vol, &real, &pin).unwrap(), pin);
+        // The container swaps the checked directory for a symlink out.
+        std::fs::rename(vol.join("sub"), vol.join("old")).unwrap();
+        std::os::unix::fs::symlink(&outside, vol.join("sub")).unwrap();
+        assert!(pin.join("mine").exists() && !pin.join("theirs").exists());
+        // Pinning again now refuses the symlink.
+        let err = pin_sub_path(&vol, &vol.join("sub"), &pin).unwrap_err();
+        assert!(err.contains("leaves its volume") || err.contains("subPath"), "{err}");
+        assert!(unpin_sub_paths(&dir.path().join("pod")));
+        assert!(!crate::runtime::mounts::is_mountpoint(&pin));
     }
 
     #[test]

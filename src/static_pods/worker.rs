@@ -672,6 +672,11 @@ impl Worker {
         }
         let pod_dir = self.paths().pod_dir;
         let _ = tokio::task::spawn_blocking(move || {
+            if !translate::unpin_sub_paths(&pod_dir) {
+                // Deleting through a bind that is still mounted would
+                // delete the volume's files: keep the directory.
+                return;
+            }
             for e in std::fs::read_dir(pod_dir.join("volumes"))
                 .into_iter()
                 .flatten()
