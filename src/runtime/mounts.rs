@@ -71,25 +71,7 @@ pub fn is_mountpoint(path: &Path) -> bool {
     };
     let wanted = path.to_string_lossy();
     text.lines()
-        .any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*wanted))
-}
-
-/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(b[i] as char);
-            i += 1;
-        }
-    }
-    out
+        .any(|l| l.split(' ').nth(4).map(crate::fsutil::unescape_mountinfo).as_deref() == Some(&*wanted))
 }
 
 /// Unmount `target` if mounted (detaching if busy). Not mounted is fine.
@@ -99,17 +81,5 @@ pub fn unmount(target: &Path) -> io::Result<()> {
         Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
         Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_unescaping() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/x\\134y"), "/x\\y");
     }
 }
