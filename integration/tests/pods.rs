@@ -1053,6 +1053,24 @@ async fn mounts_devices_privileged_and_host_namespaces() {
     let id = w.run_pod(pod.clone()).await;
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("hello"), "from the host\n").unwrap();
+    // A file system mounted below the bind-mounted directory: a plain
+    // read-only bind leaves it writable, a recursive read-only one does not.
+    std::fs::create_dir(host.path().join("sub")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host.path().join("sub"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _sub = Unmount(host.path().join("sub"));
     let mut cfg = w.container("app", "sleep 1000");
     cfg.linux = Some(api::LinuxContainerConfig {
         security_context: Some(api::LinuxContainerSecurityContext {
@@ -1075,6 +1093,13 @@ async fn mounts_devices_privileged_and_host_namespaces() {
         api::Mount {
             container_path: "/host-rw".into(),
             host_path: host.path().display().to_string(),
+            ..Default::default()
+        },
+        api::Mount {
+            container_path: "/host-rro".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            recursive_read_only: true,
             ..Default::default()
         },
     ];
@@ -1102,6 +1127,19 @@ async fn mounts_devices_privileged_and_host_namespaces() {
     assert_ne!(w.exec(&c, &["sh", "-c", "echo x > /host-ro/new"]).await.exit_code, 0);
     w.sh(&c, "echo y > /host-rw/new").await;
     assert_eq!(std::fs::read_to_string(host.path().join("new")).unwrap(), "y\n");
+    // Recursive read-only (the runtime handler says it supports it).
+    let handlers =
+        w.rt.status(api::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .runtime_handlers;
+    assert!(handlers[0].features.as_ref().unwrap().recursive_read_only_mounts);
+    assert_eq!(w.sh(&c, "echo a > /host-ro/sub/a && cat /host-ro/sub/a").await, "a\n");
+    let rro = w.exec(&c, &["sh", "-c", "echo b > /host-rro/sub/b"]).await;
+    assert_ne!(rro.exit_code, 0, "a recursive read-only mount is read-only below too");
+    assert!(String::from_utf8_lossy(&rro.stderr).contains("Read-only"), "{rro:?}");
+    assert!(!host.path().join("sub/b").exists());
     // The device.
     assert_eq!(w.sh(&c, "head -c 4 /dev/myzero | wc -c").await.trim(), "4");
     // Unprivileged: no host devices, no CAP_SYS_ADMIN.

@@ -74,6 +74,19 @@ pub fn is_mountpoint(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).map(crate::fsutil::unescape_mountinfo).as_deref() == Some(&*wanted))
 }
 
+/// Does the kernel have `mount_setattr(2)` (Linux 5.12), which recursive
+/// read-only mounts are made with? Probed once with an invalid descriptor:
+/// `EBADF` means the call exists, `ENOSYS` that it does not.
+pub fn kernel_has_mount_setattr() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: a null attribute pointer with size 0 and fd -1: the kernel
+        // rejects the call before touching memory.
+        let r = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, c"".as_ptr(), 0, std::ptr::null::<u8>(), 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    })
+}
+
 /// Unmount `target` if mounted (detaching if busy). Not mounted is fine.
 pub fn unmount(target: &Path) -> io::Result<()> {
     match umount2(target, MntFlags::empty()) {
