@@ -258,6 +258,12 @@ pub(crate) fn render_remove(rec: &Record, comment: &str) -> String {
     s
 }
 
+/// Remove the network's table, whether or not it exists (adding an
+/// existing table is a no-op, so the transaction never fails on absence).
+pub(crate) fn render_drop_table(table: &str) -> String {
+    format!("add table inet {table}\ndelete table inet {table}\n")
+}
+
 /// An element as listed by `nft -j`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Listed {

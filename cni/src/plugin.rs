@@ -127,18 +127,15 @@ pub(crate) fn add(
     args: &Args,
 ) -> Result<CniResult, CniError> {
     validate_args(args, true)?;
-    let t0 = std::time::Instant::now();
     if !dp.enter_netns(&args.netns).map_err(dp_err)? {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
             format!("network namespace {} does not exist", args.netns.display()),
         ));
     }
-    eprintln!("TRACE enter {:?}", t0.elapsed());
     if dp.container_link(&args.ifname).map_err(dp_err)?.is_some() {
         return Err(exists(args));
     }
-    eprintln!("TRACE link {:?}", t0.elapsed());
     let allocs = {
         let mut store = open(open_store, conf)?;
         ipam::allocate(&conf.ipam, &mut *store, &args.container_id, &args.ifname).map_err(|e| ipam_err(conf, e))?
@@ -171,7 +168,6 @@ fn add_attached(
     allocs: &[Allocation],
     made: &mut Made,
 ) -> Result<CniResult, CniError> {
-    let t0 = std::time::Instant::now();
     let bridge = dp
         .ensure_bridge(&conf.bridge, conf.mtu, conf.promisc_mode)
         .map_err(dp_err)?;
@@ -197,7 +193,6 @@ fn add_attached(
             .map_err(dp_err)?;
     }
 
-    eprintln!("TRACE sysctl {:?}", t0.elapsed());
     let container_mac = random_mac();
     let host_mac = random_mac();
     let mut attempts = 0;
@@ -231,7 +226,6 @@ fn add_attached(
         }
     };
     made.veth = Some(host_name.clone());
-    eprintln!("TRACE veth {:?}", t0.elapsed());
 
     let addrs: Vec<IpNet> = allocs.iter().map(|a| a.address).collect();
     let routes = result_routes(conf, allocs);
@@ -251,7 +245,6 @@ fn add_attached(
         .configure_container(&args.ifname, &addrs, &programmed)
         .map_err(dp_err)?;
 
-    eprintln!("TRACE configure {:?}", t0.elapsed());
     let ips: Vec<IpAddr> = addrs.iter().map(IpNet::addr).collect();
     if conf.ip_masq || !conf.port_mappings.is_empty() {
         let (table, v4, v6) = ruleset(conf);
@@ -282,7 +275,6 @@ fn add_attached(
         dp.nft(&nft::render_add(&rs, &elements, &comment)).map_err(dp_err)?;
     }
 
-    eprintln!("TRACE nft {:?}", t0.elapsed());
     let ours = CniResult {
         interfaces: vec![
             Interface {
@@ -368,17 +360,13 @@ pub(crate) fn del(
     args: &Args,
 ) -> Result<(), CniError> {
     validate_args(args, false)?;
-    let t0 = std::time::Instant::now();
     if !args.netns.as_os_str().is_empty() && dp.enter_netns(&args.netns).map_err(dp_err)? {
-        eprintln!("TRACE del enter {:?}", t0.elapsed());
         if let Some(link) = dp.container_link(&args.ifname).map_err(dp_err)? {
             if ours(dp, conf, &link)? {
-                eprintln!("TRACE del ours {:?}", t0.elapsed());
                 dp.delete_container_link(link.index).map_err(dp_err)?;
             }
         }
     }
-    eprintln!("TRACE del link {:?}", t0.elapsed());
     let record = open(open_store, conf)?
         .get_record(&args.container_id, &args.ifname)
         .map_err(|e| store_err(conf, e))?;
@@ -388,11 +376,22 @@ pub(crate) fn del(
             .remove_record(&args.container_id, &args.ifname)
             .map_err(|e| store_err(conf, e))?;
     }
-    eprintln!("TRACE del nft {:?}", t0.elapsed());
     let mut store = open(open_store, conf)?;
     ipam::release(&mut *store, &args.container_id, &args.ifname).map_err(|e| ipam_err(conf, e))?;
-    eprintln!("TRACE del ipam {:?}", t0.elapsed());
-    Ok(())
+    drop_table_if_unused(dp, &mut *store, conf)
+}
+
+/// With no attachment left in the network, remove its nft table: its
+/// chains (masquerade, DNAT through the port maps) serve no one, and a node
+/// without pods keeps no rules. Called with the store open, i.e. the
+/// network's lock held, so no ADD allocates meanwhile; the next ADD makes
+/// the table again.
+fn drop_table_if_unused(dp: &mut dyn Datapath, store: &mut dyn Store, conf: &BridgeConf) -> Result<(), CniError> {
+    if !store.list().map_err(|e| store_err(conf, e))?.is_empty() || !dp.nft_available() {
+        return Ok(());
+    }
+    let table = nft::table_name(&conf.name);
+    dp.nft(&nft::render_drop_table(&table)).map_err(dp_err)
 }
 
 /// Remove an attachment's map elements: from its record in one nft run,
@@ -573,7 +572,8 @@ pub(crate) fn gc(
         let keep: Vec<String> = valid.iter().map(|(id, ifname)| nft::comment(id, ifname)).collect();
         sweep(dp, &nft::table_name(&conf.name), |c| !keep.iter().any(|k| k == c))?;
     }
-    Ok(())
+    let mut store = open(open_store, conf)?;
+    drop_table_if_unused(dp, &mut *store, conf)
 }
 
 #[cfg(test)]
