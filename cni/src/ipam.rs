@@ -42,7 +42,7 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    fn owned_by(&self, id: &str, ifname: &str) -> bool {
+    pub(crate) fn owned_by(&self, id: &str, ifname: &str) -> bool {
         self.container_id.as_deref() == Some(id) && self.ifname.as_deref().is_none_or(|i| i == ifname)
     }
 }

@@ -367,18 +367,28 @@ pub(crate) fn del(
             }
         }
     }
-    let record = open(open_store, conf)?
-        .get_record(&args.container_id, &args.ifname)
-        .map_err(|e| store_err(conf, e))?;
-    if let Some(data) = record {
-        remove_port_mappings(dp, conf, &data, &args.container_id, &args.ifname)?;
-        open(open_store, conf)?
-            .remove_record(&args.container_id, &args.ifname)
-            .map_err(|e| store_err(conf, e))?;
-    }
+    // One open store (the network's lock) for the rest: nft updates of
+    // DELs are serialised, and "last attachment" stays true until done.
+    let (id, ifname) = (&args.container_id, &args.ifname);
     let mut store = open(open_store, conf)?;
-    ipam::release(&mut *store, &args.container_id, &args.ifname).map_err(|e| ipam_err(conf, e))?;
-    drop_table_if_unused(dp, &mut *store, conf)
+    let record = store.get_record(id, ifname).map_err(|e| store_err(conf, e))?;
+    let others = store
+        .list()
+        .map_err(|e| store_err(conf, e))?
+        .iter()
+        .any(|r| !r.owned_by(id, ifname));
+    if !others && dp.nft_available() {
+        // The last attachment: dropping the table takes its elements along.
+        dp.nft(&nft::render_drop_table(&nft::table_name(&conf.name)))
+            .map_err(dp_err)?;
+    } else if let Some(data) = &record {
+        remove_port_mappings(dp, conf, data, id, ifname)?;
+    }
+    if record.is_some() {
+        store.remove_record(id, ifname).map_err(|e| store_err(conf, e))?;
+    }
+    ipam::release(&mut *store, id, ifname).map_err(|e| ipam_err(conf, e))?;
+    Ok(())
 }
 
 /// With no attachment left in the network, remove its nft table: its
@@ -728,6 +738,8 @@ mod tests {
                     if !self.elements.contains(&e) {
                         self.elements.push(e);
                     }
+                } else if l.starts_with("delete table") {
+                    self.elements.clear();
                 } else if l.starts_with("delete element") {
                     let key = l.split(" { ").nth(1).unwrap().trim_end_matches(" }");
                     self.elements.retain(|(m, k, _)| !(m == words[4] && k == key));
@@ -972,9 +984,18 @@ mod tests {
         let (mut dp, store) = (Fake::new(), MemStore::default());
         let c = conf("");
         add(&mut dp, &opener(&store), &c, &args("c1")).unwrap();
+        // Another attachment keeps the table (and so the element path) in use.
+        dp.container.clear();
+        let c2 = conf(r#","runtimeConfig":{"portMappings":[{"hostPort":8081,"containerPort":80}]}"#);
+        add(&mut dp, &opener(&store), &c2, &args("c2")).unwrap();
         store.clone().put_record("c1", "eth0", "{garbage").unwrap();
         del(&mut dp, &opener(&store), &c, &args("c1")).unwrap();
+        assert!(dp.elements.iter().all(|e| e.2 == "c2/eth0") && dp.elements.len() == 2);
+        assert!(!dp.scripts.iter().any(|s| s.contains("delete table")));
+        // The last DEL drops the table, elements and all.
+        del(&mut dp, &opener(&store), &c2, &args("c2")).unwrap();
         assert!(dp.elements.is_empty());
+        assert!(dp.scripts.last().unwrap().contains("delete table inet nodelet_n"));
     }
 
     #[test]

@@ -174,9 +174,14 @@ fn masquerade_towards_outside() {
         Some("192.168.250.1".parse::<IpAddr>().unwrap()),
         "the node's address"
     );
+    // The masquerade rule belongs to the network: it lasts while a pod
+    // does, and goes with the last one.
+    let second = Netns::new("masq-q");
+    net.add(&conf, "second", &second);
     net.del(&conf, "pod", Some(&pod));
-    // The masquerade rule belongs to the network, not the pod: it stays.
     assert!(net.node.nft().contains("masquerade"));
+    net.del(&conf, "second", Some(&second));
+    assert!(!net.node.nft().contains("nodelet_"), "{}", net.node.nft());
 }
 
 #[test]
