@@ -279,8 +279,28 @@ impl Net {
 
     /// Run the plugin with exactly `env` (plus CNI_COMMAND and PATH).
     pub fn cni_env(&self, command: &str, stdin: &[u8], env: &[(&str, &str)]) -> Reply {
+        self.plugin_env(bin(), command, stdin, env)
+    }
+
+    /// Run another plugin binary (e.g. one of Debian's) as a runtime does,
+    /// in the node netns.
+    pub fn plugin(&self, path: &str, command: &str, conf: &Value, id: &str, netns: &Path) -> Reply {
+        self.plugin_env(
+            path,
+            command,
+            &serde_json::to_vec(conf).unwrap(),
+            &[
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", &netns.display().to_string()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+            ],
+        )
+    }
+
+    fn plugin_env(&self, path: &str, command: &str, stdin: &[u8], env: &[(&str, &str)]) -> Reply {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.node.name, bin()])
+        cmd.args(["netns", "exec", &self.node.name, path])
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("CNI_COMMAND", command)
