@@ -60,7 +60,12 @@ fn loopback_before_and_tuning_portmap_after_ours() {
         .iter()
         .filter_map(|i| i["name"].as_str())
         .collect();
-    assert_eq!(names.first(), Some(&"lo"), "loopback's interface kept first: {}", r1.raw);
+    assert_eq!(
+        names.first(),
+        Some(&"lo"),
+        "loopback's interface kept first: {}",
+        r1.raw
+    );
     assert!(names.contains(&"eth0"));
     let eth0 = names.iter().position(|n| *n == "eth0").unwrap();
     let ours_ip = r1.json["ips"]
@@ -70,20 +75,29 @@ fn loopback_before_and_tuning_portmap_after_ours() {
         .find(|ip| ip["address"].as_str().unwrap().starts_with("10.205."))
         .unwrap_or_else(|| panic!("our address in {}", r1.raw));
     assert_eq!(ours_ip["interface"], eth0, "index shifted past the previous interfaces");
-    let r2 = net.plugin(&reference("tuning"), "ADD", &with_prev(&tuning, Some(&r1.json)), id, &path);
+    let r2 = net.plugin(
+        &reference("tuning"),
+        "ADD",
+        &with_prev(&tuning, Some(&r1.json)),
+        id,
+        &path,
+    );
     assert!(r2.ok, "tuning after ours: {}", r2.raw);
     assert_eq!(ip4(&r2.json), ip4(&r1.json), "tuning passes our result on");
-    let r3 = net.plugin(&reference("portmap"), "ADD", &with_prev(&portmap, Some(&r2.json)), id, &path);
+    let r3 = net.plugin(
+        &reference("portmap"),
+        "ADD",
+        &with_prev(&portmap, Some(&r2.json)),
+        id,
+        &path,
+    );
     assert!(r3.ok, "portmap after ours: {}", r3.raw);
     let result = r3.json.clone();
 
     // The pod works: loopback up, eth0 tuned, the gateway reachable, and
     // portmap's DNAT (iptables) reaching it through the bridge's address.
     assert!(pod.ok(&["ip", "-o", "link", "show", "lo"]).contains("UP"));
-    assert_eq!(
-        pod.ok(&["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]).trim(),
-        "1"
-    );
+    assert_eq!(pod.ok(&["cat", "/proc/sys/net/ipv4/conf/eth0/arp_notify"]).trim(), "1");
     assert!(pod.ping("10.205.0.1"));
     {
         let _srv = pod.serve(83, "chained83");
@@ -100,12 +114,30 @@ fn loopback_before_and_tuning_portmap_after_ours() {
 
     // DEL in reverse, each with the final result; twice.
     for _ in 0..2 {
-        let d = net.plugin(&reference("portmap"), "DEL", &with_prev(&portmap, Some(&result)), id, &path);
+        let d = net.plugin(
+            &reference("portmap"),
+            "DEL",
+            &with_prev(&portmap, Some(&result)),
+            id,
+            &path,
+        );
         assert!(d.ok, "portmap DEL: {}", d.raw);
-        let d = net.plugin(&reference("tuning"), "DEL", &with_prev(&tuning, Some(&result)), id, &path);
+        let d = net.plugin(
+            &reference("tuning"),
+            "DEL",
+            &with_prev(&tuning, Some(&result)),
+            id,
+            &path,
+        );
         assert!(d.ok, "tuning DEL: {}", d.raw);
         net.del(&with_prev(&ours, Some(&result)), id, Some(&pod));
-        let d = net.plugin(&reference("loopback"), "DEL", &with_prev(&loopback, Some(&result)), id, &path);
+        let d = net.plugin(
+            &reference("loopback"),
+            "DEL",
+            &with_prev(&loopback, Some(&result)),
+            id,
+            &path,
+        );
         assert!(d.ok, "loopback DEL: {}", d.raw);
     }
     assert!(net.allocations().is_empty());
