@@ -130,7 +130,10 @@ pub(crate) fn add(
     if !dp.enter_netns(&args.netns).map_err(dp_err)? {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", args.netns.display()),
+            format!(
+                "network namespace {} does not exist (or is not a netns)",
+                args.netns.display()
+            ),
         ));
     }
     if dp.container_link(&args.ifname).map_err(dp_err)?.is_some() {
@@ -455,7 +458,10 @@ pub(crate) fn check(
     if !dp.enter_netns(&args.netns).map_err(dp_err)? {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
-            format!("network namespace {} does not exist", args.netns.display()),
+            format!(
+                "network namespace {} does not exist (or is not a netns)",
+                args.netns.display()
+            ),
         ));
     }
     let idx = prev
