@@ -734,13 +734,15 @@ async fn reopen_log_after_rotation() {
 
 #[tokio::test]
 async fn kill_9_with_20_pods_running() {
+    const EXITS: usize = 19;
     let mut w = World::new(&[], "").await;
     let mut pods = Vec::new();
     for i in 0..20 {
         let pod = w.pod(&format!("p{i}"));
         let id = w.run_pod(pod.clone()).await;
-        let script = if i == 0 {
-            // Exits while the daemon is down.
+        let script = if i == EXITS {
+            // Exits while the daemon is down (started last, so that the
+            // time the other pods take to start does not matter).
             "sleep 2; exit 42".to_string()
         } else {
             "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done".to_string()
@@ -775,7 +777,7 @@ async fn kill_9_with_20_pods_running() {
         assert_eq!(st.state, api::PodSandboxState::SandboxReady as i32, "pod {n}");
         assert_eq!(w.infra_pid(id).await, infra_before[n], "the same infra process");
         let cs = w.status(c).await;
-        if n == 0 {
+        if n == EXITS {
             assert_eq!(cs.state, api::ContainerState::ContainerExited as i32);
             assert_eq!(cs.exit_code, 42);
             let finished = std::time::UNIX_EPOCH + Duration::from_nanos(cs.finished_at as u64);
