@@ -41,10 +41,16 @@ async fn socket_version_status_and_runtime_config() {
         .into_inner();
     assert_eq!(rc.linux.unwrap().cgroup_driver, api::CgroupDriver::Cgroupfs as i32);
 
-    // Not built yet: an honest UNIMPLEMENTED naming the RPC.
-    let err = rt.exec(api::ExecRequest::default()).await.unwrap_err();
+    // Not built: an honest UNIMPLEMENTED naming the RPC.
+    let err = rt
+        .checkpoint_container(api::CheckpointContainerRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Exec"), "{}", err.message());
+    assert!(err.message().contains("CheckpointContainer"), "{}", err.message());
+    // An empty Exec request is refused, saying what is missing.
+    let err = rt.exec(api::ExecRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
 }
 
 #[tokio::test]
