@@ -324,6 +324,10 @@ impl Runtime {
                 }
             };
         }
+        // Recorded before anything is made (state directory, cgroup, infra
+        // process), so a crash from here on leaves a pod that start-up finds
+        // not ready and whose removal undoes it all, never an unknown one.
+        tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         let dir = self.pod_state_dir(&record.id);
         tri!(crate::fsutil::ensure_dir(&dir.join("runc"), 0o711).map_err(io_err(format!("create {}", dir.display()))));
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -435,6 +439,9 @@ impl Runtime {
         }
         let dir = self.pod_state_dir(&record.id);
         let _ = mounts::unmount(&dir.join("shm"));
+        // A pod that failed half-way still has its namespaces pinned;
+        // a bind mount left there would keep the directory busy for ever.
+        unpin_namespaces(&dir);
         let rt = Arc::clone(self);
         let cg = record.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || {
