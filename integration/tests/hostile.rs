@@ -7,9 +7,8 @@
 //! nodelet touch host paths it does not own.
 //!
 //! The pods run on the host network (`NamespaceMode::Node`) wherever the
-//! network plays no part in the check: pod networks need the CNI bridge,
-//! which lands with the `cni` branch. Places where a check would rather
-//! use a pod network say so.
+//! network plays no part in the check (it keeps them cheap); the isolation
+//! test uses pod networks (the CNI bridge) and a host-network control.
 
 use std::time::{Duration, Instant};
 
@@ -97,9 +96,10 @@ async fn containers_cannot_reach_the_host_the_daemon_or_other_pods() {
     let secret = w.daemon.path("host-secret");
     std::fs::write(&secret, "top secret\n").unwrap();
 
-    let pod_a = host_network_pod(&w, "pod-a");
+    // Pods on pod networks (the CNI bridge): their own network namespaces.
+    let pod_a = w.pod("pod-a");
     let a_id = w.run_pod(pod_a.clone()).await;
-    let pod_b = host_network_pod(&w, "pod-b");
+    let pod_b = w.pod("pod-b");
     let b_id = w.run_pod(pod_b.clone()).await;
     let a = w.run(&a_id, &pod_a, w.container("a", "sleep 1000")).await;
     let b = w
@@ -169,10 +169,46 @@ async fn containers_cannot_reach_the_host_the_daemon_or_other_pods() {
     // Nor B's root through its mountinfo-derived paths.
     let (code, out) = try_sh(&mut w, &a, "find / -xdev -name b-secret 2>/dev/null | head -1").await;
     assert!(code == 0 && out.trim().is_empty(), "pod A found B's file: {out}");
-    // Wants a pod network (once the CNI bridge is merged): a container on
-    // its own network cannot reach the daemon's loopback listeners
-    // (streaming server, metrics) at all; on the host network it can, and
-    // only the streaming tokens protect that server.
+    // The daemon's streaming server listens on the node's loopback: a
+    // container on a pod network cannot connect to it, neither on that
+    // address (its own loopback) nor through the bridge's gateway; one on
+    // the host network can (the control), where only the single-use
+    // tokens protect it.
+    let url =
+        w.rt.exec(api::ExecRequest {
+            container_id: a.clone(),
+            cmd: vec!["true".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect("Exec")
+        .into_inner()
+        .url;
+    let hostport = url.split('/').nth(2).expect("host:port in the URL").to_string();
+    let (ip, port) = hostport.rsplit_once(':').unwrap();
+    let gw = w
+        .sh(&a, "ip route | awk '/default/ {print $3}'")
+        .await
+        .trim()
+        .to_string();
+    assert!(!gw.is_empty(), "pod A has a default route");
+    for target in [ip, gw.as_str()] {
+        let (_, out) = try_sh(&mut w, &a, &format!("echo | nc -w 2 {target} {port}; echo rc=$?")).await;
+        assert!(
+            !out.contains("rc=0"),
+            "pod A reached the streaming server at {target}:{port}: {out}"
+        );
+    }
+    let host_pod = host_network_pod(&w, "pod-host");
+    let h_id = w.run_pod(host_pod.clone()).await;
+    let h = w.run(&h_id, &host_pod, w.container("h", "sleep 1000")).await;
+    let (_, out) = try_sh(&mut w, &h, &format!("echo | nc -w 2 {ip} {port}; echo rc=$?")).await;
+    assert!(
+        out.contains("rc=0"),
+        "the host-network control could not connect: {out}"
+    );
+    w.remove_pod(&h_id).await;
 
     // Nothing of nodelet's socket under /run in the container either.
     let (_, out) = try_sh(&mut w, &a, "find / -type s 2>/dev/null | grep -v '^/proc' | head").await;
