@@ -497,5 +497,11 @@ mod tests {
         )
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("mirrors"));
+        let c = Config::from_toml("[cgroups]\npod_pids_limit = -5", Path::new("c.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("pod_pids_limit"));
+        let c = Config::from_toml("[cgroups]\npod_pids_limit = 4096", Path::new("c.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cgroups.pod_pids_limit, 4096);
+        assert_eq!(Config::default().cgroups.pod_pids_limit, -1);
     }
 }
