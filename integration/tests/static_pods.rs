@@ -35,6 +35,59 @@ async fn sandboxes(w: &mut World, name: &str) -> Vec<api::PodSandbox> {
     .items
 }
 
+/// What `crictl pods` and `crictl ps -a` show for a pod, for the record.
+async fn crictl_view(w: &mut World, name: &str, step: &str) {
+    println!("-- {step}: crictl pods --name {name}; crictl ps -a --pod <id>");
+    for p in sandboxes(w, name).await {
+        let m = p.metadata.clone().unwrap_or_default();
+        println!(
+            "POD ID {}  NAME {}  NAMESPACE {}  ATTEMPT {}  STATE {:?}",
+            &p.id[..13],
+            m.name,
+            m.namespace,
+            m.attempt,
+            api::PodSandboxState::try_from(p.state).unwrap()
+        );
+        let cs =
+            w.rt.list_containers(api::ListContainersRequest {
+                filter: Some(api::ContainerFilter {
+                    pod_sandbox_id: p.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        for c in cs {
+            let st = w.status(&c.id).await;
+            println!(
+                "  CONTAINER {}  NAME {}  ATTEMPT {}  STATE {:?}  EXIT {}  REASON {:?}",
+                &c.id[..13],
+                c.metadata.unwrap_or_default().name,
+                st.annotations
+                    .get("io.kubernetes.container.restartCount")
+                    .cloned()
+                    .unwrap_or_default(),
+                api::ContainerState::try_from(st.state).unwrap(),
+                st.exit_code,
+                st.reason
+            );
+        }
+    }
+}
+
+/// The container statuses of the status endpoint's pod, compactly.
+fn print_statuses(step: &str, p: &serde_json::Value) {
+    println!(
+        "-- {step}: GET /pods/kube-system/{}: phase {} uid {}\n{}",
+        p["metadata"]["name"],
+        p["status"]["phase"],
+        p["metadata"]["uid"],
+        serde_json::to_string_pretty(&p["status"]["containerStatuses"]).unwrap()
+    );
+}
+
 async fn container_pid(w: &mut World, id: &str) -> i32 {
     let r =
         w.rt.container_status(api::ContainerStatusRequest {
@@ -198,6 +251,8 @@ async fn etcd_as_a_static_pod() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    crictl_view(&mut w, &name, "running").await;
+
     // Killed from outside: restarted, data intact.
     let pid = container_pid(&mut w, &cid).await;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -206,6 +261,8 @@ async fn etcd_as_a_static_pod() {
             restarts(p, "etcd") == 1 && running(p, "etcd") && condition(p, "Ready")
         })
         .await;
+    print_statuses("after SIGKILL", &pod);
+    crictl_view(&mut w, &name, "after SIGKILL").await;
     let c = container(&pod, "etcd");
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 137, "{c}");
     assert_ne!(container_id(&pod, "etcd"), cid);
@@ -230,6 +287,8 @@ async fn etcd_as_a_static_pod() {
             p["metadata"]["uid"] != uid.as_str() && condition(p, "Ready")
         })
         .await;
+    print_statuses("after the edit", &pod);
+    crictl_view(&mut w, &name, "after the edit").await;
     let new_cid = container_id(&pod, "etcd");
     let pid = container_pid(&mut w, &new_cid).await;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -255,6 +314,7 @@ async fn etcd_as_a_static_pod() {
         assert!(Instant::now() < deadline, "sandbox not removed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    crictl_view(&mut w, &name, "after deleting the file (nothing listed)").await;
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists(),
         "etcd still runs"
