@@ -42,7 +42,9 @@ fn userns_pod(w: &World, name: &str, mappings: Option<u32>) -> api::PodSandboxCo
 /// The host PID of the one process whose command line is `needle`.
 fn host_pid_of(needle: &str) -> i32 {
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         if String::from_utf8_lossy(&cmd).replace('\0', " ").trim() == needle {
             return pid;
@@ -86,12 +88,11 @@ fn bind(host: &std::path::Path, ctr: &str, mappings: Option<u32>) -> api::Mount 
 #[tokio::test]
 async fn userns_pod_root_is_nobody_on_the_host() {
     let mut w = World::new(&[], "").await;
-    let status = w
-        .rt
-        .status(api::StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
+    let status =
+        w.rt.status(api::StatusRequest { verbose: false })
+            .await
+            .expect("Status")
+            .into_inner();
     assert!(
         status.runtime_handlers[0].features.as_ref().unwrap().user_namespaces,
         "Status must report user namespaces on this kernel"
@@ -117,15 +118,21 @@ async fn userns_pod_root_is_nobody_on_the_host() {
 
     assert_eq!(w.sh(&ca, "id -u; id -g").await, "0\n0\n");
     let pid = host_pid_of("sleep 1001");
-    assert_eq!(host_uids(pid), vec![start_a; 4], "root in the pod is the range's first ID on the host");
+    assert_eq!(
+        host_uids(pid),
+        vec![start_a; 4],
+        "root in the pod is the range's first ID on the host"
+    );
     // The image is idmapped: its root-owned files are root's inside.
     assert_eq!(w.sh(&ca, "stat -c %u:%g /bin/busybox /").await, "0:0\n0:0\n");
     // The pod's files and /dev/shm are usable.
     assert!(w.sh(&ca, "cat /etc/hosts").await.contains("ua"));
-    w.sh(&ca, "cat /etc/resolv.conf /etc/hostname >/dev/null; touch /dev/shm/x").await;
+    w.sh(&ca, "cat /etc/resolv.conf /etc/hostname >/dev/null; touch /dev/shm/x")
+        .await;
     // The rootfs is writable, and what root writes is the range's first ID
     // in the upper layer on the host.
-    w.sh(&ca, "mkdir -p /root && echo hi > /root/written && echo hi > /tmp/t").await;
+    w.sh(&ca, "mkdir -p /root && echo hi > /root/written && echo hi > /tmp/t")
+        .await;
     assert_eq!(w.sh(&ca, "stat -c %u /root/written").await, "0\n");
     let upper = w.daemon.root_dir.join("containers").join(&ca).join("upper");
     assert_eq!(std::fs::metadata(upper.join("root/written")).unwrap().uid(), start_a);
@@ -157,9 +164,8 @@ async fn userns_pod_root_is_nobody_on_the_host() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
 
     // The same mappings again overlap pod B's.
-    let e = w
-        .rt
-        .run_pod_sandbox(api::RunPodSandboxRequest {
+    let e =
+        w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
             config: Some(userns_pod(&w, "uc", Some(start_b + IDS / 2))),
             runtime_handler: String::new(),
         })
@@ -217,9 +223,8 @@ async fn userns_refuses_host_namespaces_and_a_shared_pid_namespace() {
                 .as_mut()
                 .unwrap(),
         );
-        let e = w
-            .rt
-            .run_pod_sandbox(api::RunPodSandboxRequest {
+        let e =
+            w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
                 config: Some(pod),
                 runtime_handler: String::new(),
             })
@@ -230,9 +235,8 @@ async fn userns_refuses_host_namespaces_and_a_shared_pid_namespace() {
     }
     // Bad kubelet mappings: below 65536, wrong length.
     for start in [0, 1000] {
-        let e = w
-            .rt
-            .run_pod_sandbox(api::RunPodSandboxRequest {
+        let e =
+            w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
                 config: Some(userns_pod(&w, "low", Some(start))),
                 runtime_handler: String::new(),
             })

@@ -113,7 +113,10 @@ fn holder_main(parent: Pid, flags: Option<CloneFlags>, report: OwnedFd, wake: Ow
     };
     // SAFETY: prctl with integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
-        fail(&mut report, format!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error()));
+        fail(
+            &mut report,
+            format!("PR_SET_PDEATHSIG: {}", std::io::Error::last_os_error()),
+        );
     }
     if nix::unistd::getppid() != parent {
         // SAFETY: as above.

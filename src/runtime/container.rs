@@ -32,7 +32,12 @@ fn invalid(msg: impl Into<String>) -> RuntimeError {
 /// upper would not map): it holds host IDs, as the container writes them,
 /// and its root directory belongs to the pod's root. The idmapped layer
 /// mounts are detached again once the overlay holds its own references.
-fn idmapped_overlay(dir: &Path, lowers: &[PathBuf], range: super::userns::IdRange, userns: &std::fs::File) -> Result<()> {
+fn idmapped_overlay(
+    dir: &Path,
+    lowers: &[PathBuf],
+    range: super::userns::IdRange,
+    userns: &std::fs::File,
+) -> Result<()> {
     let layers = dir.join("layers");
     let mut mapped = Vec::with_capacity(lowers.len());
     let result = (|| {
@@ -217,8 +222,12 @@ impl Runtime {
                 )));
             }
             let src = Path::new(&m.host_path);
-            let meta = std::fs::metadata(src)
-                .map_err(|e| invalid(format!("mounts[{i}].host_path: {} cannot be accessed: {e}", m.host_path)))?;
+            let meta = std::fs::metadata(src).map_err(|e| {
+                invalid(format!(
+                    "mounts[{i}].host_path: {} cannot be accessed: {e}",
+                    m.host_path
+                ))
+            })?;
             let target = dir.join("idmapped").join(i.to_string());
             std::fs::create_dir_all(dir.join("idmapped")).map_err(io_err("create the idmapped mounts directory"))?;
             if meta.is_dir() {
@@ -226,8 +235,10 @@ impl Runtime {
             } else {
                 std::fs::File::create(&target).map_err(io_err(format!("create {}", target.display())))?;
             }
-            mounts::idmapped_bind(src, &target, std::os::fd::AsFd::as_fd(fd), true)
-                .map_err(io_err(format!("idmapped mount of mounts[{i}].host_path {}", m.host_path)))?;
+            mounts::idmapped_bind(src, &target, std::os::fd::AsFd::as_fd(fd), true).map_err(io_err(format!(
+                "idmapped mount of mounts[{i}].host_path {}",
+                m.host_path
+            )))?;
             m.host_path = target.to_string_lossy().into_owned();
             m.uid_mappings.clear();
             m.gid_mappings.clear();

@@ -195,7 +195,9 @@ impl Runtime {
             Some(u) => {
                 return Err(invalid(format!(
                     "namespace_options.userns_options.mode: {} is not supported for a pod (POD or NODE)",
-                    cri::NamespaceMode::try_from(u.mode).map(|m| m.as_str_name()).unwrap_or("unknown")
+                    cri::NamespaceMode::try_from(u.mode)
+                        .map(|m| m.as_str_name())
+                        .unwrap_or("unknown")
                 )))
             }
             None => None,

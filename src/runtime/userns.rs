@@ -203,19 +203,31 @@ mod tests {
     fn first_free_slot() {
         let first = 1 << 20;
         assert_eq!(allocate(first, 4, &[]).unwrap().start, first);
-        let used = [IdRange { start: first }, IdRange { start: first + 2 * IDS_PER_POD }];
+        let used = [
+            IdRange { start: first },
+            IdRange {
+                start: first + 2 * IDS_PER_POD,
+            },
+        ];
         assert_eq!(allocate(first, 4, &used).unwrap().start, first + IDS_PER_POD);
         // A foreign range straddling slots 1 and 2 blocks both.
-        let used = [IdRange { start: first }, IdRange {
-            start: first + IDS_PER_POD + 10,
-        }];
+        let used = [
+            IdRange { start: first },
+            IdRange {
+                start: first + IDS_PER_POD + 10,
+            },
+        ];
         assert_eq!(allocate(first, 4, &used).unwrap().start, first + 3 * IDS_PER_POD);
     }
 
     #[test]
     fn exhaustion() {
         let first = 1 << 20;
-        let used: Vec<IdRange> = (0..3).map(|i| IdRange { start: first + i * IDS_PER_POD }).collect();
+        let used: Vec<IdRange> = (0..3)
+            .map(|i| IdRange {
+                start: first + i * IDS_PER_POD,
+            })
+            .collect();
         assert_eq!(
             allocate(first, 3, &used),
             Err(UsernsError::Exhausted { first, slots: 3 })
