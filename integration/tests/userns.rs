@@ -204,7 +204,8 @@ fn host_uids_opt(pid: i32) -> Option<Vec<u32>> {
 #[tokio::test]
 async fn userns_refuses_host_namespaces_and_a_shared_pid_namespace() {
     let mut w = World::new(&[], "").await;
-    let cases: [(&str, fn(&mut api::NamespaceOption)); 4] = [
+    type Change = fn(&mut api::NamespaceOption);
+    let cases: [(&str, Change); 4] = [
         ("network", |n| n.network = api::NamespaceMode::Node as i32),
         ("ipc", |n| n.ipc = api::NamespaceMode::Node as i32),
         ("pid", |n| n.pid = api::NamespaceMode::Node as i32),
