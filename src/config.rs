@@ -324,10 +324,10 @@ impl Config {
         if u.first_id < 65536
             || u.first_id % 65536 != 0
             || u.max_pods == 0
-            || u.first_id as u64 + u.max_pods as u64 * 65536 > 1 << 32
+            || u.first_id as u64 + u.max_pods as u64 * 65536 > u32::MAX as u64
         {
             return Err(ConfigError::Invalid(format!(
-                "user_namespaces: first_id must be a non-zero multiple of 65536 and first_id + max_pods * 65536 at most 2^32 (got first_id {}, max_pods {})",
+                "user_namespaces: first_id must be a non-zero multiple of 65536 and first_id + max_pods * 65536 below 2^32 (got first_id {}, max_pods {})",
                 u.first_id, u.max_pods
             )));
         }

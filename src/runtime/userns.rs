@@ -71,7 +71,7 @@ impl IdRange {
 pub fn allocate(first: u32, slots: u32, used: &[IdRange]) -> Result<IdRange, UsernsError> {
     (0..slots as u64)
         .map(|i| first as u64 + i * IDS_PER_POD as u64)
-        .take_while(|s| s + IDS_PER_POD as u64 <= 1 << 32)
+        .take_while(|s| s + IDS_PER_POD as u64 <= u32::MAX as u64)
         .map(|s| IdRange { start: s as u32 })
         .find(|r| !used.iter().any(|u| u.overlaps(r)))
         .ok_or(UsernsError::Exhausted { first, slots })
@@ -232,11 +232,11 @@ mod tests {
             allocate(first, 3, &used),
             Err(UsernsError::Exhausted { first, slots: 3 })
         );
-        // Slots past the 32-bit ID space do not exist.
-        assert!(allocate(u32::MAX - IDS_PER_POD, 10, &[]).is_err());
+        // Slots reaching ID 2^32-1 (which means "no ID") do not exist.
+        assert!(allocate(u32::MAX - IDS_PER_POD + 1, 10, &[]).is_err());
         assert_eq!(
-            allocate(u32::MAX - 2 * IDS_PER_POD + 1, 10, &[]).unwrap().start,
-            u32::MAX - 2 * IDS_PER_POD + 1
+            allocate(u32::MAX - IDS_PER_POD, 10, &[]).unwrap().start,
+            u32::MAX - IDS_PER_POD
         );
     }
 
