@@ -173,6 +173,27 @@ async fn userns_pod_root_is_nobody_on_the_host() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{e}");
 
+    // After a crash of the daemon the ranges are still taken (rebuilt from
+    // the pod records) and exec still lands in the pod's user namespace.
+    w.daemon.kill9();
+    w.daemon.spawn().await;
+    let (rt, images) = w.daemon.clients().await;
+    w.rt = rt;
+    w.images = images;
+    let e =
+        w.rt.run_pod_sandbox(api::RunPodSandboxRequest {
+            config: Some(userns_pod(&w, "ue", Some(start_a))),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_eq!(w.sh(&ca, "id -u; stat -c %u /bin/busybox").await, "0\n0\n");
+    // A new container in the running pod gets the same treatment.
+    let c2 = w.run(&a, &pod_a, w.container("again", "sleep 1004")).await;
+    assert_eq!(host_uids(host_pid_of("sleep 1004")), vec![start_a; 4]);
+    assert_eq!(w.sh(&c2, "stat -c %u /").await, "0\n");
+
     for p in [&a, &b] {
         w.stop_pod(p).await;
         w.remove_pod(p).await;
