@@ -39,18 +39,23 @@ fn userns_pod(w: &World, name: &str, mappings: Option<u32>) -> api::PodSandboxCo
     pod
 }
 
-/// The host PID of the one process whose command line is `needle`.
+/// The host PID of the one process whose command line is `needle` (a
+/// container just started may not have exec'd it yet).
 fn host_pid_of(needle: &str) -> i32 {
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).replace('\0', " ").trim() == needle {
-            return pid;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).replace('\0', " ").trim() == needle {
+                return pid;
+            }
         }
+        assert!(std::time::Instant::now() < deadline, "no process {needle:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    panic!("no process {needle:?}");
 }
 
 /// `Uid:` of /proc/<pid>/status: real, effective, saved, fs.
@@ -144,6 +149,16 @@ async fn userns_pod_root_is_nobody_on_the_host() {
     let r = w.exec(&ca, &["sh", "-c", "echo 1 > /proc/sys/kernel/panic"]).await;
     assert_ne!(r.exit_code, 0);
 
+    // Another pod while A runs: nodelet picks a different range.
+    let f = w.run_pod(userns_pod(&w, "uf", None)).await;
+    let start_f = recorded_range(&w, &f);
+    assert!(
+        start_f + IDS <= start_a || start_a + IDS <= start_f,
+        "{start_a} {start_f}"
+    );
+    w.stop_pod(&f).await;
+    w.remove_pod(&f).await;
+
     // Pod B: the kubelet's mappings, and an idmapped volume.
     let start_b = 300 * IDS;
     let pod_b = userns_pod(&w, "ub", Some(start_b));
@@ -153,6 +168,8 @@ async fn userns_pod_root_is_nobody_on_the_host() {
     let mut ctr = w.container("app", "sleep 1002");
     ctr.mounts = vec![bind(&vol, "/vol", Some(start_b))];
     let cb = w.run(&b, &pod_b, ctr).await;
+    let st = w.status(&cb).await;
+    assert_eq!(st.state, api::ContainerState::ContainerRunning as i32, "{st:?}");
     assert_eq!(host_uids(host_pid_of("sleep 1002")), vec![start_b; 4]);
     assert_eq!(w.sh(&cb, "stat -c %u /vol/owned; cat /vol/owned").await, "0\nmapped\n");
     w.sh(&cb, "echo new > /vol/fromctr").await;
