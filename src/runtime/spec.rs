@@ -2418,6 +2418,42 @@ mod tests {
     }
 
     #[test]
+    fn pod_user_namespace() {
+        use LinuxNamespaceType as T;
+        let mut f = Fixture::new();
+        let b = f.ok();
+        assert!(linux(&b).uid_mappings().is_none() && linux(&b).gid_mappings().is_none());
+        let range = crate::runtime::userns::IdRange { start: 5 * 65536 };
+        f.namespaces.user = Some(("/run/nodelet/pods/1/ns/user".into(), range));
+        let b = f.ok();
+        // Joined first, by path: libcontainer writes no maps for it.
+        assert_eq!(
+            ns_list(&b)[0],
+            (T::User, Some(PathBuf::from("/run/nodelet/pods/1/ns/user")))
+        );
+        for maps in [linux(&b).uid_mappings(), linux(&b).gid_mappings()] {
+            let m = &maps.as_ref().unwrap()[..];
+            assert_eq!(m.len(), 1);
+            assert_eq!(
+                (m[0].container_id(), m[0].host_id(), m[0].size()),
+                (0, 5 * 65536, 65536)
+            );
+        }
+        // Idmapped CRI mounts reach the spec only as the daemon's clones.
+        f.container.mounts.push(cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/".into(),
+            uid_mappings: vec![cri::IdMapping {
+                host_id: 5 * 65536,
+                container_id: 0,
+                length: 65536,
+            }],
+            ..Default::default()
+        });
+        assert!(invalid_field(f.build()).0.starts_with("mounts[0].uidMappings"));
+    }
+
+    #[test]
     fn seccomp_through_build() {
         use cri::security_profile::ProfileType as T;
         let mut f = Fixture::new();
