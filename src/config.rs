@@ -520,4 +520,30 @@ mod tests {
         .unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("mirrors"));
     }
+
+    #[test]
+    fn user_namespace_ranges() {
+        let ok = Config::from_toml(
+            "[user_namespaces]
+first_id = 131072
+max_pods = 10",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!((ok.user_namespaces.first_id, ok.user_namespaces.max_pods), (131072, 10));
+        for bad in [
+            "first_id = 0",
+            "first_id = 100000",
+            "max_pods = 0",
+            "first_id = 4294901760\nmax_pods = 1",
+            "first_id = 65536\nmax_pods = 65536",
+        ] {
+            let c = Config::from_toml(&format!("[user_namespaces]\n{bad}"), Path::new("c.toml")).unwrap();
+            assert!(
+                c.validate().unwrap_err().to_string().contains("user_namespaces"),
+                "{bad}"
+            );
+        }
+    }
 }
