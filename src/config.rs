@@ -68,6 +68,27 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub static_pods: StaticPodsConfig,
     pub streaming: crate::streaming::StreamingConfig,
+    pub user_namespaces: UserNamespacesConfig,
+}
+
+/// Host IDs for pods with their own user namespace (`hostUsers: false`)
+/// when the kubelet does not choose them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserNamespacesConfig {
+    /// The first host ID of the first pod's range (a multiple of 65536).
+    pub first_id: u32,
+    /// How many pods' ranges of 65536 IDs follow it.
+    pub max_pods: u32,
+}
+
+impl Default for UserNamespacesConfig {
+    fn default() -> Self {
+        UserNamespacesConfig {
+            first_id: 1 << 20,
+            max_pods: 4096,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +222,7 @@ impl Default for Config {
             static_pods: StaticPodsConfig::default(),
             metrics: MetricsConfig::default(),
             streaming: Default::default(),
+            user_namespaces: UserNamespacesConfig::default(),
         }
     }
 }
@@ -303,6 +325,17 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let u = &self.user_namespaces;
+        if u.first_id < 65536
+            || u.first_id % 65536 != 0
+            || u.max_pods == 0
+            || u.first_id as u64 + u.max_pods as u64 * 65536 > u32::MAX as u64
+        {
+            return Err(ConfigError::Invalid(format!(
+                "user_namespaces: first_id must be a non-zero multiple of 65536 and first_id + max_pods * 65536 below 2^32 (got first_id {}, max_pods {})",
+                u.first_id, u.max_pods
+            )));
+        }
         for (name, path) in [
             ("socket", &self.socket),
             ("root_dir", &self.root_dir),
@@ -503,5 +536,31 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.cgroups.pod_pids_limit, 4096);
         assert_eq!(Config::default().cgroups.pod_pids_limit, -1);
+    }
+
+    #[test]
+    fn user_namespace_ranges() {
+        let ok = Config::from_toml(
+            "[user_namespaces]
+first_id = 131072
+max_pods = 10",
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        ok.validate().unwrap();
+        assert_eq!((ok.user_namespaces.first_id, ok.user_namespaces.max_pods), (131072, 10));
+        for bad in [
+            "first_id = 0",
+            "first_id = 100000",
+            "max_pods = 0",
+            "first_id = 4294901760\nmax_pods = 1",
+            "first_id = 65536\nmax_pods = 65536",
+        ] {
+            let c = Config::from_toml(&format!("[user_namespaces]\n{bad}"), Path::new("c.toml")).unwrap();
+            assert!(
+                c.validate().unwrap_err().to_string().contains("user_namespaces"),
+                "{bad}"
+            );
+        }
     }
 }

@@ -61,6 +61,23 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
     fs::DirBuilder::new().recursive(true).mode(mode).create(dir)
 }
 
+/// Give others search permission (`o+x`) on `dir` and each of its
+/// ancestors that lacks it, nothing more: a process that is nobody on the
+/// host (a user-namespaced pod's root) can then reach paths below it whose
+/// own modes allow it.
+pub fn ensure_traversable(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for d in dir.ancestors() {
+        let meta = fs::metadata(d)?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            tracing::info!(dir = %d.display(), "adding o+x for user-namespaced pods");
+            fs::set_permissions(d, fs::Permissions::from_mode((mode | 0o001) & 0o7777))?;
+        }
+    }
+    Ok(())
+}
+
 /// Remove a file or a whole tree; a missing path is not an error.
 pub fn remove_all(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {

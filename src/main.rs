@@ -20,6 +20,13 @@ fn main() -> ExitCode {
             }
         };
     }
+    // Also single-threaded: it forks (see `runtime/userns.rs`).
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new("userns-probe")) {
+        return match std::env::args_os().nth(2) {
+            Some(dir) => nodelet::runtime::userns::probe_main(std::path::Path::new(&dir)),
+            None => ExitCode::from(2),
+        };
+    }
     let cli = Cli::parse();
     match cli.command.unwrap_or_default() {
         Command::Serve(args) => nodelet::daemon::main(args),

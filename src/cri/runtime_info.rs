@@ -58,13 +58,13 @@ pub fn status(node: &Node, req: cri::StatusRequest) -> cri::StatusResponse {
         }),
         info,
         // The default handler. Recursive read-only mounts need the
-        // kernel's mount_setattr (5.12); user namespaces are not offered
-        // yet (a pod asking for one is refused).
+        // kernel's mount_setattr (5.12); user namespaces need idmapped
+        // mounts on the layer store's filesystem (probed at start-up).
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
                 recursive_read_only_mounts: crate::runtime::mounts::kernel_has_mount_setattr(),
-                user_namespaces: false,
+                user_namespaces: crate::runtime::userns::supported().is_ok(),
             }),
         }],
         features: Some(cri::RuntimeFeatures {

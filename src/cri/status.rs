@@ -59,6 +59,9 @@ impl From<RuntimeError> for Status {
             RuntimeError::Infra(_) => Code::Unavailable,
             RuntimeError::Network(crate::network::NetworkError::BadCidr(_)) => Code::InvalidArgument,
             RuntimeError::Network(_) => Code::Unknown,
+            RuntimeError::Userns(crate::runtime::userns::UsernsError::Invalid(_)) => Code::InvalidArgument,
+            RuntimeError::Userns(crate::runtime::userns::UsernsError::Exhausted { .. }) => Code::ResourceExhausted,
+            RuntimeError::Userns(crate::runtime::userns::UsernsError::Unsupported(_)) => Code::FailedPrecondition,
             RuntimeError::Cgroup(_) | RuntimeError::Io { .. } | RuntimeError::Internal(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

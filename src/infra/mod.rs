@@ -12,12 +12,19 @@
 //!   exit codes in `status.json`;
 //! - keeps doing all of that while the daemon is down or restarting.
 //!
+//! With a user namespace of the pod's own (`hostUsers: false`) the
+//! network, IPC and UTS namespaces are made by a holder child inside that
+//! user namespace and joined (`userns_holder.rs`); the infra keeps its
+//! host privileges.
+//!
 //! Start-up handshake on stdout: `PID <host pid>` from the first process
 //! (which forks, so the infra can be PID 1 of a new PID namespace, and
 //! exits), then `READY` or `ERROR <why>` from the infra itself.
 
 pub mod log;
 pub mod protocol;
+
+pub mod userns_holder;
 
 mod launch;
 mod supervisor;
@@ -91,6 +98,14 @@ fn setup(dir: &Path) -> Result<UnixListener, String> {
     if cfg.new_uts {
         flags |= CloneFlags::CLONE_NEWUTS;
     }
+    // With a user namespace of the pod's own, the holder creates the
+    // network, IPC and UTS namespaces (below), so that the pod's user
+    // namespace owns them.
+    let holder_flags = if cfg.userns.is_some() {
+        std::mem::replace(&mut flags, CloneFlags::empty())
+    } else {
+        CloneFlags::empty()
+    };
     if cfg.new_pid {
         flags |= CloneFlags::CLONE_NEWPID;
     }
@@ -120,6 +135,10 @@ fn setup(dir: &Path) -> Result<UnixListener, String> {
     // picks. Without CAP_SYS_RESOURCE a negative value is refused; that is
     // fine.
     let _ = std::fs::write("/proc/self/oom_score_adj", b"-998");
+
+    if let Some(range) = cfg.userns {
+        join_pod_userns(dir, range, holder_flags)?;
+    }
 
     if cfg.new_net {
         loopback_up().map_err(|e| format!("bring loopback up: {e}"))?;
@@ -157,6 +176,32 @@ fn setup(dir: &Path) -> Result<UnixListener, String> {
         nix::unistd::dup2(from, to).map_err(|e| format!("dup2: {e}"))?;
     }
     Ok(listener)
+}
+
+/// Start the pod's user namespace holder (it dies with us), join the
+/// namespaces it made (`flags`: network, IPC, UTS) and pin its user
+/// namespace at `<dir>/ns/user` for container specs and idmapped mounts.
+/// The infra itself stays in the host's user namespace.
+fn join_pod_userns(dir: &Path, range: crate::runtime::userns::IdRange, flags: CloneFlags) -> Result<(), String> {
+    let holder = userns_holder::Holder::start(range, Some(flags))?;
+    let pid = holder.pid();
+    for (flag, name) in [
+        (CloneFlags::CLONE_NEWNET, "net"),
+        (CloneFlags::CLONE_NEWIPC, "ipc"),
+        (CloneFlags::CLONE_NEWUTS, "uts"),
+    ] {
+        if flags.contains(flag) {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/{name}"))
+                .map_err(|e| format!("open the pod's {name} namespace: {e}"))?;
+            nix::sched::setns(ns, flag).map_err(|e| format!("join the pod's {name} namespace: {e}"))?;
+        }
+    }
+    let ns_dir = dir.join("ns");
+    std::fs::create_dir_all(&ns_dir).map_err(|e| format!("create {}: {e}", ns_dir.display()))?;
+    crate::runtime::mounts::bind_file(Path::new(&format!("/proc/{pid}/ns/user")), &ns_dir.join("user"))
+        .map_err(|e| format!("pin the pod's user namespace: {e}"))?;
+    holder.keep();
+    Ok(())
 }
 
 /// `ip link set lo up` with two ioctls: no netlink, no extra thread.

@@ -37,6 +37,12 @@ pub struct InfraConfig {
     pub cgroup_procs: Vec<PathBuf>,
     /// libcontainer's state root for this pod's containers.
     pub runtime_root: PathBuf,
+    /// The pod's own user namespace (`hostUsers: false`): its host ID
+    /// range. The network, IPC and UTS namespaces are then created by a
+    /// holder process inside it (see `userns_holder.rs`) and its user
+    /// namespace is pinned at `ns/user`.
+    #[serde(default)]
+    pub userns: Option<crate::runtime::userns::IdRange>,
 }
 
 /// One container's stdio wiring and where its status goes.

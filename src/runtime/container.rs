@@ -24,6 +24,55 @@ fn invalid(msg: impl Into<String>) -> RuntimeError {
     RuntimeError::InvalidArgument(msg.into())
 }
 
+/// The root of a container of a user-namespaced pod: an overlay whose lower
+/// layers are idmapped through the pod's user namespace (files owned by 0
+/// in the image appear owned by the pod's root, host ID `range.start`, and
+/// so by root inside). The upper layer is not idmapped (overlayfs creates
+/// its work directory with the mounter's credentials, which an idmapped
+/// upper would not map): it holds host IDs, as the container writes them,
+/// and its root directory belongs to the pod's root. The idmapped layer
+/// mounts are detached again once the overlay holds its own references.
+fn idmapped_overlay(
+    dir: &Path,
+    lowers: &[PathBuf],
+    range: super::userns::IdRange,
+    userns: &std::fs::File,
+) -> Result<()> {
+    let layers = dir.join("layers");
+    let mut mapped = Vec::with_capacity(lowers.len());
+    let result = (|| {
+        for (i, lower) in lowers.iter().enumerate() {
+            let target = layers.join(i.to_string());
+            std::fs::create_dir_all(&target).map_err(io_err(format!("create {}", target.display())))?;
+            mounts::idmapped_bind(lower, &target, std::os::fd::AsFd::as_fd(userns), false)
+                .map_err(io_err(format!("idmapped mount of layer {}", lower.display())))?;
+            mapped.push(target);
+        }
+        let uid = Some(nix::unistd::Uid::from_raw(range.start));
+        let gid = Some(nix::unistd::Gid::from_raw(range.start));
+        nix::unistd::chown(&dir.join("upper"), uid, gid)
+            .map_err(|e| io_err("chown the container's upper layer")(e.into()))?;
+        mounts::overlay(&mapped, &dir.join("upper"), &dir.join("work"), &dir.join("rootfs"))
+            .map_err(io_err("mount the container's overlay root"))
+    })();
+    for m in &mapped {
+        match umount2_detach(m) {
+            // Never a recursive delete here: a mount left behind would take
+            // the image layer with it.
+            Ok(()) => {
+                let _ = std::fs::remove_dir(m);
+            }
+            Err(e) => tracing::warn!("detach {}: {e}", m.display()),
+        }
+    }
+    let _ = std::fs::remove_dir(&layers);
+    result
+}
+
+fn umount2_detach(p: &Path) -> nix::Result<()> {
+    nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH)
+}
+
 /// `SIGTERM`, `TERM`, `15` → 15.
 pub fn parse_signal(s: &str) -> Option<i32> {
     let s = s.trim();
@@ -142,10 +191,59 @@ impl Runtime {
             .map(|l| self.images.store().layer_fs(&l.diff_id))
             .collect::<std::result::Result<_, _>>()
             .map_err(crate::image::ImageError::from)?;
-        mounts::overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs)
-            .map_err(io_err("mount the container's overlay root"))?;
-
         let pod_dir = self.pod_state_dir(&pod.id);
+        let userns = match pod.userns {
+            Some(range) => {
+                let path = pod_dir.join("ns").join("user");
+                let fd = std::fs::File::open(&path).map_err(io_err("open the pod's user namespace"))?;
+                Some((path, range, fd))
+            }
+            None => None,
+        };
+        match &userns {
+            None => mounts::overlay(&lowers, &dir.join("upper"), &dir.join("work"), &rootfs)
+                .map_err(io_err("mount the container's overlay root"))?,
+            Some((_, range, fd)) => idmapped_overlay(&dir, &lowers, *range, fd)?,
+        }
+        // CRI mounts the kubelet asks to be idmapped (the pod's volumes):
+        // libcontainer 0.7 cannot, so each is cloned here through the
+        // pod's user namespace under `idmapped/<i>` and bound from there.
+        let mut spec_config = config.clone();
+        for (i, m) in spec_config.mounts.iter_mut().enumerate() {
+            if m.uid_mappings.is_empty() && m.gid_mappings.is_empty() {
+                continue;
+            }
+            let Some((_, range, fd)) = &userns else { continue };
+            if !range.is(&m.uid_mappings) || !range.is(&m.gid_mappings) {
+                return Err(invalid(format!(
+                    "mounts[{i}].uidMappings/gidMappings: only the pod's own mapping (0 {} {}) is supported",
+                    range.start,
+                    super::userns::IDS_PER_POD
+                )));
+            }
+            let src = Path::new(&m.host_path);
+            let meta = std::fs::metadata(src).map_err(|e| {
+                invalid(format!(
+                    "mounts[{i}].host_path: {} cannot be accessed: {e}",
+                    m.host_path
+                ))
+            })?;
+            let target = dir.join("idmapped").join(i.to_string());
+            std::fs::create_dir_all(dir.join("idmapped")).map_err(io_err("create the idmapped mounts directory"))?;
+            if meta.is_dir() {
+                std::fs::create_dir(&target).map_err(io_err(format!("create {}", target.display())))?;
+            } else {
+                std::fs::File::create(&target).map_err(io_err(format!("create {}", target.display())))?;
+            }
+            mounts::idmapped_bind(src, &target, std::os::fd::AsFd::as_fd(fd), true).map_err(io_err(format!(
+                "idmapped mount of mounts[{i}].host_path {}",
+                m.host_path
+            )))?;
+            m.host_path = target.to_string_lossy().into_owned();
+            m.uid_mappings.clear();
+            m.gid_mappings.clear();
+        }
+
         let infra_ns = |ns: &str| pod_dir.join("ns").join(ns);
         let ctr_ns = config
             .linux
@@ -189,12 +287,13 @@ impl Runtime {
             ipc: (!pod.host_ipc).then(|| infra_ns("ipc")),
             uts: (!pod.host_network).then(|| infra_ns("uts")),
             pid,
+            user: userns.as_ref().map(|(path, range, _)| (path.clone(), *range)),
         };
         let pod_files = sandbox::pod_files(&pod_dir, pod.shm.as_ref());
         let cgroup = format!("{}/{}", pod.cgroup.trim_end_matches('/'), id);
         let built = spec::build(&SpecInput {
             id,
-            container: &config,
+            container: &spec_config,
             sandbox: &pod.config,
             image: &details.config,
             rootfs: &rootfs,
@@ -252,6 +351,9 @@ impl Runtime {
     fn discard_container_dir(&self, id: &str) {
         let dir = self.container_dir(id);
         let _ = mounts::unmount(&dir.join("target-pid-ns"));
+        for e in std::fs::read_dir(dir.join("idmapped")).into_iter().flatten().flatten() {
+            let _ = mounts::unmount(&e.path());
+        }
         if let Err(e) = mounts::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %id, "unmount rootfs: {e}");
         }

@@ -30,6 +30,7 @@ pub mod seccomp;
 pub mod spec;
 pub mod streams;
 pub mod user;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +64,8 @@ pub enum RuntimeError {
     Infra(#[from] InfraError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
@@ -116,6 +119,9 @@ struct Index {
     containers: HashMap<String, ContainerRecord>,
     /// Reserved names (`pod:<name>` / `ctr:<name>`) → ID.
     names: HashMap<String, String>,
+    /// Host ID ranges of user-namespaced pods (pod ID → range), including
+    /// pods still being set up.
+    userns: HashMap<String, userns::IdRange>,
 }
 
 pub struct Runtime {
@@ -169,6 +175,8 @@ impl Runtime {
         ] {
             crate::fsutil::ensure_dir(&dir, 0o711).map_err(io_err(format!("create {}", dir.display())))?;
         }
+        let layers = config.root_dir.join("images");
+        userns::probe(if layers.is_dir() { &layers } else { &config.root_dir }).await;
         let rt = Arc::new(Runtime {
             config,
             images,
@@ -251,6 +259,9 @@ impl Runtime {
                 let _ = records::save_pod(&self.pod_record_path(&p.id), &p);
             }
             idx.names.insert(format!("pod:{}", p.name), p.id.clone());
+            if let Some(r) = p.userns {
+                idx.userns.insert(p.id.clone(), r);
+            }
             idx.pods.insert(p.id.clone(), p);
         }
         for c in containers {

@@ -44,6 +44,10 @@ pub struct SandboxRecord {
     /// The pod's network attachment (none for hostNetwork).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// The host IDs of the pod's own user namespace (`hostUsers: false`);
+    /// none: the host's user namespace. Free again once the record is gone.
+    #[serde(default)]
+    pub userns: Option<super::userns::IdRange>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

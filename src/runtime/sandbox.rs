@@ -194,15 +194,23 @@ impl Runtime {
         if ns.pid == cri::NamespaceMode::Target as i32 {
             return Err(invalid("namespace_options.pid: TARGET is only valid for containers"));
         }
-        if ns
-            .userns_options
-            .as_ref()
-            .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-        {
-            return Err(RuntimeError::FailedPrecondition(
-                "user namespaces (hostUsers: false) are not supported yet".into(),
-            ));
-        }
+        let userns = match ns.userns_options.as_ref() {
+            Some(u) if u.mode == NS_POD => {
+                userns_combination(&ns)?;
+                super::userns::supported()?;
+                Some(u)
+            }
+            Some(u) if u.mode == NS_NODE => None,
+            Some(u) => {
+                return Err(invalid(format!(
+                    "namespace_options.userns_options.mode: {} is not supported for a pod (POD or NODE)",
+                    cri::NamespaceMode::try_from(u.mode)
+                        .map(|m| m.as_str_name())
+                        .unwrap_or("unknown")
+                )))
+            }
+            None => None,
+        };
         let mut sysctls = BTreeMap::new();
         for (k, v) in &linux.sysctls {
             match crate::infra::sysctl_namespace(k) {
@@ -267,6 +275,13 @@ impl Runtime {
             }
             idx.names.insert(format!("pod:{name}"), id.clone());
         }
+        let userns = match userns.map(|u| self.reserve_userns(&id, u)).transpose() {
+            Ok(r) => r,
+            Err(e) => {
+                self.index.lock().expect("index").names.remove(&format!("pod:{name}"));
+                return Err(e);
+            }
+        };
         let _guard = self.lock(&id).await;
         let record = SandboxRecord {
             id: id.clone(),
@@ -284,6 +299,7 @@ impl Runtime {
             shm: None,
             stopped: false,
             network: None,
+            userns,
         };
         let setup = self
             .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
@@ -297,10 +313,29 @@ impl Runtime {
             }
             Err((e, record)) => {
                 self.teardown_pod_resources(&record).await;
-                self.index.lock().expect("index").names.remove(&format!("pod:{name}"));
+                let mut idx = self.index.lock().expect("index");
+                idx.names.remove(&format!("pod:{name}"));
+                idx.userns.remove(&id);
                 Err(e)
             }
         }
+    }
+
+    /// Reserve the pod's host ID range: the kubelet's mappings when it
+    /// sent some (validated), else the first free one of the configured
+    /// span. Held in the index until the pod is removed (or its set-up
+    /// fails), and recorded in the pod record.
+    fn reserve_userns(&self, id: &str, u: &cri::UserNamespace) -> Result<super::userns::IdRange> {
+        let cfg = &self.config.user_namespaces;
+        let mut idx = self.index.lock().expect("index");
+        let used: Vec<super::userns::IdRange> = idx.userns.values().copied().collect();
+        let range = if u.uids.is_empty() && u.gids.is_empty() {
+            super::userns::allocate(cfg.first_id, cfg.max_pods, &used)?
+        } else {
+            super::userns::validate(&u.uids, &u.gids, &used)?
+        };
+        idx.userns.insert(id.to_string(), range);
+        Ok(range)
     }
 
     /// Everything a pod needs on the host. On error the partial record is
@@ -330,6 +365,14 @@ impl Runtime {
         tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         let dir = self.pod_state_dir(&record.id);
         tri!(crate::fsutil::ensure_dir(&dir.join("runc"), 0o711).map_err(io_err(format!("create {}", dir.display()))));
+        if record.userns.is_some() {
+            // The container's init opens the pod's files, namespaces and its
+            // root as the pod's root, nobody on the host: it needs search
+            // permission on the way there.
+            for d in [&dir, &self.config.root_dir.join("containers")] {
+                tri!(crate::fsutil::ensure_traversable(d).map_err(io_err(format!("make {} traversable", d.display()))));
+            }
+        }
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let resolv = resolv_conf(record.config.dns_config.as_ref(), host_network, &host_resolv);
         let hosts = if host_network {
@@ -374,6 +417,7 @@ impl Runtime {
             sysctls,
             cgroup_procs: self.cgroups.procs_files(&record.cgroup),
             runtime_root: dir.join("runc"),
+            userns: record.userns,
         };
         tri!(std::fs::write(
             dir.join(crate::infra::CONFIG),
@@ -588,6 +632,7 @@ impl Runtime {
             let mut idx = self.index.lock().expect("index");
             idx.pods.remove(id);
             idx.names.remove(&format!("pod:{}", record.name));
+            idx.userns.remove(id);
         }
         self.forget_lock(id);
         self.changes.mark(id);
@@ -733,6 +778,26 @@ fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
     // SAFETY: the syscall just returned this descriptor; we own it.
     (fd >= 0).then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// What a pod with its own user namespace may not also ask for. The
+/// kubelet refuses `hostUsers: false` with hostNetwork, hostPID and hostIPC;
+/// a PID namespace shared by the pod would need the infra (its PID 1) inside
+/// the pod's user namespace, which it cannot be (it keeps host privileges).
+fn userns_combination(ns: &cri::NamespaceOption) -> Result<()> {
+    for (what, mode) in [("network", ns.network), ("ipc", ns.ipc), ("pid", ns.pid)] {
+        if mode == NS_NODE {
+            return Err(invalid(format!(
+                "namespace_options.{what}: NODE cannot be combined with a pod user namespace (userns_options.mode POD)"
+            )));
+        }
+    }
+    if ns.pid == NS_POD {
+        return Err(invalid(
+            "namespace_options.pid: POD (a shared process namespace) cannot be combined with a pod user namespace (userns_options.mode POD) in nodelet; use CONTAINER",
+        ));
+    }
+    Ok(())
 }
 
 /// The namespaces a pod has of its own (and pins under `ns/`).

@@ -61,6 +61,9 @@ pub struct PodNamespaces {
     /// UTS follows the network: shared with the host when hostNetwork.
     pub uts: Option<PathBuf>,
     pub pid: PidNamespace,
+    /// The pod's own user namespace (pinned path) and its host ID range;
+    /// `None`: the host's.
+    pub user: Option<(PathBuf, super::userns::IdRange)>,
 }
 
 /// Files the pod provides to every container.
@@ -330,8 +333,11 @@ pub fn build(input: &SpecInput) -> Result<BuiltSpec, SpecError> {
     root.set_readonly(Some(readonly_rootfs));
 
     let mut spec_linux = Linux::default();
-    spec_linux.set_uid_mappings(None);
-    spec_linux.set_gid_mappings(None);
+    // A user-namespaced pod's containers join its user namespace (which
+    // libcontainer then does not map again); the mappings say what it is.
+    let id_mappings = input.namespaces.user.as_ref().map(|(_, r)| vec![r.oci_mapping()]);
+    spec_linux.set_uid_mappings(id_mappings.clone());
+    spec_linux.set_gid_mappings(id_mappings);
     // Namespaced sysctls belong to the pod and are set by its infra
     // process; the containers join its namespaces.
     spec_linux.set_sysctl(None);
@@ -816,9 +822,9 @@ fn mounts(input: &SpecInput, privileged: bool, readonly_rootfs: bool) -> Result<
             ));
         }
         if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
-            return Err(unsupported(
+            return Err(invalid(
                 field("uidMappings"),
-                "ID-mapped mounts need user namespaces, which nodelet does not support",
+                "ID-mapped mounts need a pod with its own user namespace (userns_options.mode POD) and its mappings",
             ));
         }
         let dest = container_path(&field("container_path"), &m.container_path)?;
@@ -1343,10 +1349,15 @@ fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
     ns
 }
 
-/// A new mount namespace; the pod's (or host's) network, IPC and UTS; PID
-/// per the request; a private cgroup namespace on cgroup v2.
+/// The pod's user namespace when it has one; a new mount namespace; the
+/// pod's (or host's) network, IPC and UTS; PID per the request; a private
+/// cgroup namespace on cgroup v2.
 fn namespaces(ns: &PodNamespaces, host: &HostFeatures) -> Vec<LinuxNamespace> {
-    let mut out = vec![namespace(LinuxNamespaceType::Mount, None)];
+    let mut out = Vec::new();
+    if let Some((path, _)) = &ns.user {
+        out.push(namespace(LinuxNamespaceType::User, Some(path)));
+    }
+    out.push(namespace(LinuxNamespaceType::Mount, None));
     match &ns.pid {
         PidNamespace::Container => out.push(namespace(LinuxNamespaceType::Pid, None)),
         PidNamespace::Pod(p) | PidNamespace::Target(p) => out.push(namespace(LinuxNamespaceType::Pid, Some(p))),
@@ -1472,6 +1483,7 @@ mod tests {
                     ipc: Some("/run/nodelet/ns/ipc-1".into()),
                     uts: Some("/run/nodelet/ns/uts-1".into()),
                     pid: PidNamespace::Container,
+                    user: None,
                 },
                 files: PodFiles {
                     hosts: pod.join("hosts"),
@@ -2403,6 +2415,42 @@ mod tests {
 
         f.host.cgroup_v2 = true;
         assert!(ns_list(&f.ok()).contains(&(T::Cgroup, None)));
+    }
+
+    #[test]
+    fn pod_user_namespace() {
+        use LinuxNamespaceType as T;
+        let mut f = Fixture::new();
+        let b = f.ok();
+        assert!(linux(&b).uid_mappings().is_none() && linux(&b).gid_mappings().is_none());
+        let range = crate::runtime::userns::IdRange { start: 5 * 65536 };
+        f.namespaces.user = Some(("/run/nodelet/pods/1/ns/user".into(), range));
+        let b = f.ok();
+        // Joined first, by path: libcontainer writes no maps for it.
+        assert_eq!(
+            ns_list(&b)[0],
+            (T::User, Some(PathBuf::from("/run/nodelet/pods/1/ns/user")))
+        );
+        for maps in [linux(&b).uid_mappings(), linux(&b).gid_mappings()] {
+            let m = &maps.as_ref().unwrap()[..];
+            assert_eq!(m.len(), 1);
+            assert_eq!(
+                (m[0].container_id(), m[0].host_id(), m[0].size()),
+                (0, 5 * 65536, 65536)
+            );
+        }
+        // Idmapped CRI mounts reach the spec only as the daemon's clones.
+        f.container.mounts.push(cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/".into(),
+            uid_mappings: vec![cri::IdMapping {
+                host_id: 5 * 65536,
+                container_id: 0,
+                length: 65536,
+            }],
+            ..Default::default()
+        });
+        assert!(invalid_field(f.build()).0.starts_with("mounts[0].uidMappings"));
     }
 
     #[test]
