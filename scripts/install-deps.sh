@@ -7,11 +7,12 @@
 #                           (local registry), containerd + runc (the
 #                           benchmarks' reference), iproute2, systemd
 #                           (`systemd-analyze verify` checks the unit files;
-#                           systemd need not be PID 1)
+#                           systemd need not be PID 1), g++ (libFuzzer,
+#                           built by the fuzz targets)
 set -euo pipefail
 
 build_pkgs=(protobuf-compiler pkg-config libseccomp-dev gcc libc6-dev)
-test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client systemd nftables containernetworking-plugins)
+test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client systemd nftables containernetworking-plugins g++)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-build}" == "test" ]]; then

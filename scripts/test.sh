@@ -16,3 +16,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The integration tests run the real binary: build it first.
 cargo build --workspace --all-targets
 cargo test --workspace --no-fail-fast "$@"
+# Fuzzing, time-boxed: every target in fuzz/ for FUZZ_SECONDS (30 s by
+# default, 6 targets) after a one-off unoptimised build; a crash fails
+# the run.
+FUZZ_DEV=${FUZZ_DEV:-1} scripts/fuzz.sh "${FUZZ_SECONDS:-30}"

@@ -55,9 +55,7 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
     let eps = Arc::new(preferring(&eps, first));
 
     let (manifest, index) = if is_index(&top.media_type) {
-        let index: ImageIndex =
-            serde_json::from_slice(&top.bytes).map_err(|e| bad(&shown, format!("image index does not parse: {e}")))?;
-        let chosen = choose_platform(&shown, &index)?;
+        let chosen = select_from_index(&shown, &top.bytes)?;
         let (_, m) = first_ok(&shown, &eps, 0, |ep| {
             svc.registry
                 .fetch_manifest(ep, &repo, &chosen, limits.max_manifest_bytes)
@@ -70,20 +68,8 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
     } else {
         (top, None)
     };
-    if manifest.media_type != MEDIA_OCI_MANIFEST && manifest.media_type != MEDIA_DOCKER_MANIFEST {
-        return Err(bad(
-            &shown,
-            format!(
-                "unsupported manifest media type {:?} (Docker schema 2 and OCI manifests are)",
-                manifest.media_type
-            ),
-        ));
-    }
-    let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes)
-        .map_err(|e| bad(&shown, format!("image manifest does not parse: {e}")))?;
-
+    let parsed = parse_manifest(&shown, &manifest.media_type, &manifest.bytes)?;
     let config_digest = parsed.config().digest().to_string();
-    digest_hex(&config_digest).map_err(|e| bad(&shown, format!("config: {e}")))?;
     let config_size = parsed.config().size();
     let config_bytes = match svc.store.read_blob(&config_digest) {
         Ok(b) => b,
@@ -96,33 +82,7 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
             .1
         }
     };
-    let config: ImageConfiguration =
-        serde_json::from_slice(&config_bytes).map_err(|e| bad(&shown, format!("image config does not parse: {e}")))?;
-    let diff_ids = config.rootfs().diff_ids();
-    if diff_ids.len() != parsed.layers().len() {
-        return Err(bad(
-            &shown,
-            format!(
-                "manifest has {} layers but the config lists {} diff_ids",
-                parsed.layers().len(),
-                diff_ids.len()
-            ),
-        ));
-    }
-    let mut layers = Vec::with_capacity(diff_ids.len());
-    for (desc, diff_id) in parsed.layers().iter().zip(diff_ids) {
-        let media_type = desc.media_type().to_string();
-        check_layer_media_type(&shown, &media_type)?;
-        let digest = desc.digest().to_string();
-        digest_hex(&digest).map_err(|e| bad(&shown, format!("layer: {e}")))?;
-        digest_hex(diff_id).map_err(|e| bad(&shown, format!("layer diff_id: {e}")))?;
-        layers.push(LayerRef {
-            diff_id: diff_id.clone(),
-            digest,
-            size: desc.size(),
-            media_type,
-        });
-    }
+    let layers = layer_refs(&shown, &parsed, &config_bytes)?;
 
     let lease = svc.store.lease(
         format!("pull:{}", crate::fsutil::random_hex(8)),
@@ -174,6 +134,63 @@ pub async fn pull(svc: &Arc<ImageService>, image: &str, creds: &Credentials) -> 
     });
     tracing::info!(image = %shown, id = %record.id, "image pulled");
     Ok(record)
+}
+
+/// The manifest an index points to for this host's platform (its digest).
+/// Pure parsing of registry content: the fuzzing entry point for indexes.
+pub fn select_from_index(image: &str, bytes: &[u8]) -> Result<String, ImageError> {
+    let index: ImageIndex =
+        serde_json::from_slice(bytes).map_err(|e| bad(image, format!("image index does not parse: {e}")))?;
+    choose_platform(image, &index)
+}
+
+/// An image manifest of `media_type`, parsed, its config digest checked.
+/// Pure parsing of registry content: the fuzzing entry point for manifests.
+pub fn parse_manifest(image: &str, media_type: &str, bytes: &[u8]) -> Result<ImageManifest, ImageError> {
+    if media_type != MEDIA_OCI_MANIFEST && media_type != MEDIA_DOCKER_MANIFEST {
+        return Err(bad(
+            image,
+            format!("unsupported manifest media type {media_type:?} (Docker schema 2 and OCI manifests are)"),
+        ));
+    }
+    let parsed: ImageManifest =
+        serde_json::from_slice(bytes).map_err(|e| bad(image, format!("image manifest does not parse: {e}")))?;
+    digest_hex(&parsed.config().digest().to_string()).map_err(|e| bad(image, format!("config: {e}")))?;
+    Ok(parsed)
+}
+
+/// The layers of `manifest` paired with the diff_ids of its image config,
+/// every media type and digest checked. Pure parsing of registry content:
+/// the fuzzing entry point for image configs.
+pub fn layer_refs(image: &str, manifest: &ImageManifest, config_bytes: &[u8]) -> Result<Vec<LayerRef>, ImageError> {
+    let config: ImageConfiguration =
+        serde_json::from_slice(config_bytes).map_err(|e| bad(image, format!("image config does not parse: {e}")))?;
+    let diff_ids = config.rootfs().diff_ids();
+    if diff_ids.len() != manifest.layers().len() {
+        return Err(bad(
+            image,
+            format!(
+                "manifest has {} layers but the config lists {} diff_ids",
+                manifest.layers().len(),
+                diff_ids.len()
+            ),
+        ));
+    }
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (desc, diff_id) in manifest.layers().iter().zip(diff_ids) {
+        let media_type = desc.media_type().to_string();
+        check_layer_media_type(image, &media_type)?;
+        let digest = desc.digest().to_string();
+        digest_hex(&digest).map_err(|e| bad(image, format!("layer: {e}")))?;
+        digest_hex(diff_id).map_err(|e| bad(image, format!("layer diff_id: {e}")))?;
+        layers.push(LayerRef {
+            diff_id: diff_id.clone(),
+            digest,
+            size: desc.size(),
+            media_type,
+        });
+    }
+    Ok(layers)
 }
 
 fn bad(image: &str, message: String) -> ImageError {

@@ -551,8 +551,9 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 /// The media type of a manifest document: the Content-Type when it is one
-/// we know, else the document's own `mediaType`, else by shape.
-fn sniff_manifest_type(bytes: &[u8], header: Option<&str>) -> String {
+/// we know, else the document's own `mediaType`, else by shape. Public as
+/// a parsing entry point for fuzzing.
+pub fn sniff_manifest_type(bytes: &[u8], header: Option<&str>) -> String {
     const KNOWN: [&str; 4] = [
         MEDIA_OCI_INDEX,
         MEDIA_OCI_MANIFEST,
@@ -684,8 +685,9 @@ async fn status_error(url: &str, resp: Response) -> RegistryError {
     }
 }
 
-/// Parse `Bearer realm="...",service="...",scope="..."`.
-fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+/// Parse `Bearer realm="...",service="...",scope="..."`. Public as a
+/// parsing entry point for fuzzing.
+pub fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     let mut params = HashMap::new();

@@ -13,7 +13,7 @@
 //! a crash mid-ADD or mid-DEL is finished at start-up with an (idempotent)
 //! DEL; a CNI `GC` then frees whatever no live pod holds.
 
-mod external;
+pub mod external;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -65,6 +65,13 @@ pub fn quantity(q: &Quantity, cpu: bool) -> Option<i64> {
         _ => return None,
     };
     let v = n * scale;
+    // Resources are never negative (the API server refuses them); NaN and
+    // infinities are no quantity either.
+    if !v.is_finite() || v < 0.0 {
+        return None;
+    }
+    // `as` saturates: absurdly large values become i64::MAX, and every
+    // computation below saturates too.
     Some(if cpu {
         (v * 1000.0).ceil() as i64
     } else {
@@ -120,15 +127,17 @@ pub fn container_resources(c: &Container, qos: Qos, node_memory: i64) -> cri::Li
     let cpu_lim = res(c, "limits", "cpu");
     let mem_lim = res(c, "limits", "memory").unwrap_or(0);
     let mem_req = request(c, "memory").unwrap_or(0);
-    let shares = cpu_req.map(|m| (m * 1024 / 1000).max(2)).unwrap_or(2);
+    let shares = cpu_req.map(|m| (m.saturating_mul(1024) / 1000).max(2)).unwrap_or(2);
     let (quota, period) = match cpu_lim {
-        Some(m) => ((m * 100).max(1000), 100_000),
+        Some(m) => (m.saturating_mul(100).max(1000), 100_000),
         None => (0, 0),
     };
     let oom_score_adj = match qos {
         Qos::Guaranteed => -997,
         Qos::BestEffort => 1000,
-        Qos::Burstable if node_memory > 0 => (1000 - 1000 * mem_req / node_memory).clamp(2, 999),
+        Qos::Burstable if node_memory > 0 => {
+            (1000 - (mem_req.saturating_mul(1000) / node_memory).min(1000)).clamp(2, 999)
+        }
         Qos::Burstable => 999,
     };
     cri::LinuxContainerResources {
@@ -147,7 +156,7 @@ fn pod_resources(spec: &PodSpec) -> Option<cri::LinuxContainerResources> {
     let sum = |name: &str| -> Option<i64> {
         let mut total = 0;
         for c in &spec.containers {
-            total += res(c, "limits", name)?;
+            total = res(c, "limits", name)?.saturating_add(total);
         }
         Some(total)
     };
@@ -156,9 +165,13 @@ fn pod_resources(spec: &PodSpec) -> Option<cri::LinuxContainerResources> {
     let cpu = sum("cpu");
     // CPU weight from the requests, at least the minimum for any pod that
     // is not BestEffort (which places it in the burstable tier).
-    let cpu_request: i64 = spec.containers.iter().filter_map(|c| request(c, "cpu")).sum();
+    let cpu_request: i64 = spec
+        .containers
+        .iter()
+        .filter_map(|c| request(c, "cpu"))
+        .fold(0, i64::saturating_add);
     let shares = if cpu_request > 0 {
-        (cpu_request * 1024 / 1000).max(2)
+        (cpu_request.saturating_mul(1024) / 1000).max(2)
     } else if qos(spec) != Qos::BestEffort {
         2
     } else {
@@ -169,7 +182,7 @@ fn pod_resources(spec: &PodSpec) -> Option<cri::LinuxContainerResources> {
     }
     Some(cri::LinuxContainerResources {
         memory_limit_in_bytes: memory.unwrap_or(0),
-        cpu_quota: cpu.map(|m| (m * 100).max(1000)).unwrap_or(0),
+        cpu_quota: cpu.map(|m| m.saturating_mul(100).max(1000)).unwrap_or(0),
         cpu_period: if cpu.is_some() { 100_000 } else { 0 },
         cpu_shares: shares,
         ..Default::default()
@@ -482,7 +495,8 @@ fn resource_field(
         .and_then(|d| quantity(d, cpu))
         .filter(|d| *d > 0)
         .unwrap_or(if cpu { 1000 } else { 1 });
-    Ok(((value + divisor - 1) / divisor).to_string())
+    // Rounded up; both are non-negative (`quantity` refuses negatives).
+    Ok((value / divisor + i64::from(value % divisor != 0)).to_string())
 }
 
 /// Expand `$(VAR)` references the way the kubelet does (`$$` escapes;
@@ -1053,6 +1067,61 @@ mod tests {
         assert_eq!(quantity(&Quantity("1G".into()), false), Some(1_000_000_000));
         assert_eq!(quantity(&Quantity("1e3".into()), false), Some(1000));
         assert_eq!(quantity(&Quantity("12x".into()), false), None);
+    }
+
+    /// Found by fuzzing (fuzz/ static_pod): huge quantities overflowed the
+    /// cgroup arithmetic (`cpu: 1e18` in `pod_resources`, `memory: 9e18` in
+    /// the OOM score and a resourceFieldRef), a panic in debug builds and
+    /// nonsense limits in release ones; negative ones gave negative limits.
+    #[test]
+    fn huge_and_negative_quantities_saturate() {
+        assert_eq!(quantity(&Quantity("-1".into()), false), None);
+        assert_eq!(quantity(&Quantity("-100m".into()), true), None);
+        assert_eq!(quantity(&Quantity("1e400".into()), false), None);
+        assert_eq!(quantity(&Quantity("1e18".into()), true), Some(i64::MAX));
+        let p = pod(r#"
+metadata: {name: big, namespace: default, uid: u1}
+spec:
+  containers:
+  - name: a
+    image: x
+    resources: {limits: {cpu: "1e18", memory: "9e18"}, requests: {cpu: "9e18", memory: "9e18"}}
+    env:
+    - {name: MEM, valueFrom: {resourceFieldRef: {resource: requests.memory}}}
+    - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}
+  - name: b
+    image: x
+    resources: {limits: {cpu: "1e18", memory: "9e18"}, requests: {memory: "-5"}}
+"#);
+        let spec = p.spec.as_ref().unwrap();
+        for q in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+            for c in &spec.containers {
+                let r = container_resources(c, q, 8 << 30);
+                assert!(r.cpu_shares >= 2 && r.cpu_quota >= 1000 && r.memory_limit_in_bytes >= 0);
+                assert!((-997..=1000).contains(&r.oom_score_adj));
+            }
+        }
+        let r = pod_resources(spec).unwrap();
+        assert_eq!((r.cpu_quota, r.memory_limit_in_bytes), (i64::MAX, i64::MAX));
+        let dir = tempfile::tempdir().unwrap();
+        let vols = VolumePaths::new();
+        let ctx = Context {
+            pod: &p,
+            hash: "h",
+            pod_ip: String::new(),
+            pod_ips: Vec::new(),
+            host_ip: String::new(),
+            volumes: &vols,
+            qos: qos(spec),
+            node_memory: 8 << 30,
+            etc_hosts: None,
+            pod_dir: dir.path(),
+            seccomp_root: Path::new("/var/lib/nodelet/seccomp"),
+        };
+        let c = container_config(&ctx, &spec.containers[0], 0).unwrap();
+        let env: HashMap<_, _> = c.envs.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())).collect();
+        assert_eq!(env["MEM"], "9000000000000000000");
+        assert_eq!(env["CPU"], i64::MAX.to_string());
     }
 
     #[test]

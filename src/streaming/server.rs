@@ -420,12 +420,25 @@ async fn ws_session<IO>(
             } else {
                 p.ports.clone()
             };
-            if ports.is_empty() {
+            // Two channels per port: more ports than the framing can
+            // address would wrap channel numbers onto other ports'.
+            let refused = if ports.is_empty() {
+                Some("no port to forward: give ports in the request or ?port=".to_string())
+            } else if ports.len() * 2 > framing.channels() {
+                Some(format!(
+                    "{} ports to forward; this protocol carries at most {}",
+                    ports.len(),
+                    framing.channels() / 2
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = refused {
                 let mut socket = socket;
                 let _ = socket
                     .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
                         code: 1008.into(),
-                        reason: "no port to forward: give ports in the request or ?port=".into(),
+                        reason: reason.into(),
                     }))
                     .await;
                 return;

@@ -62,10 +62,22 @@ pub struct Framing {
 }
 
 impl Framing {
+    /// How many channels the framing can address: one ASCII digit with
+    /// base64, one byte without (255 being the close signal in v5).
+    pub fn channels(&self) -> usize {
+        match (self.base64, self.close_signal) {
+            (true, _) => 10,
+            (false, true) => 255,
+            (false, false) => 256,
+        }
+    }
+
+    /// Frame `data` for `channel`, which must be below `channels()` (a
+    /// larger one is written wrapped, never a panic).
     pub fn encode(&self, channel: u8, data: &[u8]) -> Message {
         if self.base64 {
             let mut s = String::with_capacity(1 + data.len().div_ceil(3) * 4);
-            s.push(char::from(b'0' + channel));
+            s.push(char::from(b'0'.wrapping_add(channel)));
             base64::engine::general_purpose::STANDARD.encode_string(data, &mut s);
             Message::text(s)
         } else {
@@ -331,6 +343,19 @@ mod tests {
             V5.decode(Message::binary(Bytes::from_static(b"\xff\x00\x01"))),
             Err(WsError::BadClose)
         );
+    }
+
+    /// Found by fuzzing (fuzz/ spdy_ws): a base64 channel past 207
+    /// overflowed `b'0' + channel` (a panic in debug builds); port-forward
+    /// asks for channel 2n+1 for its n-th port.
+    #[test]
+    fn any_channel_number_encodes_without_panic() {
+        for framing in [BINARY, V5, B64] {
+            for channel in 0..=u8::MAX {
+                let _ = framing.encode(channel, b"x");
+            }
+        }
+        assert_eq!((B64.channels(), V5.channels(), BINARY.channels()), (10, 255, 256));
     }
 
     #[test]
