@@ -242,6 +242,10 @@ impl Runtime {
         }
         let pods = records::load_pods(&self.config.root_dir.join("pods"));
         let containers = records::load_containers(&self.config.root_dir.join("containers"));
+        let (mut interrupted, pods): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| p.setting_up);
+        for p in &mut interrupted {
+            self.abandon_setup(p);
+        }
         let mut idx = self.index.lock().expect("index");
         for mut p in pods {
             if p.ready && !sandbox::infra_alive(&p) {

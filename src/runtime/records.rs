@@ -44,6 +44,12 @@ pub struct SandboxRecord {
     /// The pod's network attachment (none for hostNetwork).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// RunPodSandbox has not finished: the record is written before any
+    /// of the pod's resources exist, so a crash midway leaves a record
+    /// that start-up recovery tears down (cgroup, infra, mounts, state
+    /// directory) instead of leaking them.
+    #[serde(default)]
+    pub setting_up: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

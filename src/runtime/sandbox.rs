@@ -275,7 +275,14 @@ impl Runtime {
             shm: None,
             stopped: false,
             network: None,
+            setting_up: true,
         };
+        // Recorded before anything exists, so that a crash from here on is
+        // undone at the next start (`abandon_setup`).
+        if let Err(e) = records::save_pod(&self.pod_record_path(&id), &record) {
+            self.index.lock().expect("index").names.remove(&format!("pod:{name}"));
+            return Err(io_err("write pod record")(e));
+        }
         let setup = self
             .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
             .await;
@@ -402,6 +409,7 @@ impl Runtime {
             let attachment = tri!(tri!(attached).map_err(RuntimeError::from));
             record.network = Some(attachment);
         }
+        record.setting_up = false;
         tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         Ok(record)
     }
@@ -426,6 +434,7 @@ impl Runtime {
         }
         let dir = self.pod_state_dir(&record.id);
         let _ = mounts::unmount(&dir.join("shm"));
+        unpin_namespaces(&dir);
         let rt = Arc::clone(self);
         let cg = record.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -581,6 +590,39 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Undo a RunPodSandbox that a crash interrupted (its record still
+    /// says `setting_up`): release the network, kill the infra and
+    /// whatever joined the pod's cgroup, unmount, delete the record and
+    /// the state directory. Blocking; used by start-up recovery.
+    pub(crate) fn abandon_setup(&self, record: &mut SandboxRecord) {
+        tracing::warn!(pod = %record.id, "removing a pod whose RunPodSandbox was interrupted");
+        if let Err(e) = self.release_network(record) {
+            tracing::warn!(pod = %record.id, "releasing the pod's network: {e}");
+        }
+        if record.infra_pid > 0 && infra_alive(record) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(record.infra_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let dir = self.pod_state_dir(&record.id);
+        unpin_namespaces(&dir);
+        if let Err(e) = mounts::unmount(&dir.join("shm")) {
+            tracing::warn!(pod = %record.id, "unmount the pod's /dev/shm: {e}");
+        }
+        // Removing the cgroup kills what runs in it: the infra (it joins
+        // the cgroup first thing) even when its PID was never recorded.
+        if let Err(e) = self.cgroups.remove(&record.cgroup) {
+            tracing::warn!(pod = %record.id, "removing pod cgroup {}: {e}", record.cgroup);
+        }
+        if let Err(e) = crate::fsutil::remove_all(&dir) {
+            tracing::warn!(pod = %record.id, "removing {}: {e}", dir.display());
+        }
+        if let Err(e) = crate::fsutil::remove_all(&self.pod_record_path(&record.id)) {
+            tracing::warn!(pod = %record.id, "removing the pod record: {e}");
+        }
+    }
+
     /// CNI DEL for a pod, recorded as `deleting` first so a crash midway
     /// is finished at the next start. Idempotent. Blocking.
     pub(crate) fn release_network(&self, record: &mut SandboxRecord) -> Result<()> {
