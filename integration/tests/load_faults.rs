@@ -202,6 +202,10 @@ fn processes_of(dir: &Path, daemon: Option<u32>) -> Vec<String> {
 /// Everything the daemon made for pods is gone (cgroups, mounts, records,
 /// processes; with pod networks also veths and IP allocations).
 async fn assert_clean(w: &World) {
+    assert_clean_except(w, &[]).await
+}
+
+async fn assert_clean_except(w: &World, allowed_mounts: &[PathBuf]) {
     // Processes exit asynchronously after a removal; give them a moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -212,7 +216,7 @@ async fn assert_clean(w: &World) {
         assert!(Instant::now() < deadline, "processes left: {procs:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    w.assert_no_leaks();
+    w.assert_no_leaks_except(allowed_mounts);
     let records = std::fs::read_dir(w.daemon.root_dir.join("pods"))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -697,4 +701,187 @@ async fn check_accounted(w: &mut World, attempts: &[Attempt], cycle: usize) {
         attempts.len(),
         attempts.iter().filter(|a| a.removed).count()
     );
+}
+
+/// A tmpfs of `size` mounted at `dir` (created), unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0755").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mount a {size} tmpfs on {}: {e}", dir.display()));
+        SmallFs(dir.to_path_buf())
+    }
+
+    fn avail(&self) -> u64 {
+        let st = nix::sys::statvfs::statvfs(&self.0).expect("statvfs");
+        st.blocks_available() as u64 * st.fragment_size() as u64
+    }
+
+    /// Fill it up but `leave` bytes.
+    fn fill(&self, leave: u64) -> PathBuf {
+        let filler = self.0.join("filler");
+        let n = self.avail().saturating_sub(leave);
+        let f = std::fs::File::create(&filler).expect("filler");
+        // Real pages (tmpfs does not count holes).
+        let chunk = vec![0x5au8; 64 << 10];
+        let mut w = std::io::BufWriter::new(f);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len() as u64) as usize;
+            if std::io::Write::write_all(&mut w, &chunk[..k]).is_err() {
+                break;
+            }
+            left -= k as u64;
+        }
+        let _ = std::io::Write::flush(&mut w);
+        filler
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+async fn reconnect(w: &mut World) {
+    let (rt, images) = w.daemon.clients().await;
+    w.rt = rt;
+    w.images = images;
+}
+
+async fn image_names(w: &mut World) -> Vec<String> {
+    w.images
+        .list_images(api::ListImagesRequest::default())
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_during_pull_and_log_write() {
+    let _serial = serial();
+    let mut w = World::new(&[], "").await;
+    // The daemon's root directory on a 16 MiB tmpfs, nearly full.
+    w.daemon.terminate();
+    let root = SmallFs::mount(&w.daemon.root_dir, "16m");
+    w.daemon.spawn().await;
+    reconnect(&mut w).await;
+    let filler = root.fill(128 << 10);
+    let pull = w
+        .images
+        .pull_image(api::PullImageRequest {
+            image: spec(&w.busybox),
+            ..Default::default()
+        })
+        .await;
+    let err = pull.expect_err("a pull into a full root directory must fail");
+    println!("FAULT full disk pull: {:?}: {}", err.code(), err.message());
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(
+        err.message().contains("No space left on device"),
+        "the error names the cause: {}",
+        err.message()
+    );
+    assert!(image_names(&mut w).await.is_empty(), "a failed pull lists no image");
+    let tmp = nodelet_integration::daemon::list_tree(&w.daemon.images_dir().join("tmp"));
+    assert!(tmp.is_empty(), "pull leftovers in images/tmp: {tmp:?}");
+    // The store still loads after a crash with the disk full.
+    w.daemon.kill9();
+    w.daemon.spawn().await;
+    reconnect(&mut w).await;
+    assert!(image_names(&mut w).await.is_empty());
+    // Room again: the same pull works and the image runs.
+    std::fs::remove_file(&filler).expect("free space");
+    w.images
+        .pull_image(api::PullImageRequest {
+            image: spec(&w.busybox),
+            ..Default::default()
+        })
+        .await
+        .expect("pull after freeing space");
+    assert_eq!(image_names(&mut w).await, vec![w.busybox.clone()]);
+    let mut rt = w.rt.clone();
+    let (pod, c) = start_pod(
+        &mut rt,
+        pod_config(&w, "afterfull"),
+        container_config(&w.busybox, "app", "exec sleep 1000"),
+        None,
+    )
+    .await
+    .expect("a pod from the image pulled after the disk was full");
+    assert_eq!(w.sh(&c, "echo ok").await, "ok\n");
+    stop_and_remove(&mut rt, &pod).await.expect("remove");
+
+    // A container whose log file system fills up.
+    let logs = SmallFs::mount(&w.logs_dir().join("chatty"), "1m");
+    let (pod, c) = start_pod(
+        &mut rt,
+        pod_config(&w, "chatty"),
+        container_config(
+            &w.busybox,
+            "app",
+            "while true; do head -c 30000 /dev/zero | tr '\\0' x; echo; sleep 0.02; done",
+        ),
+        None,
+    )
+    .await
+    .expect("start the chatty container");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        let st = w.status(&c).await;
+        if st.message.contains("No space left on device") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ContainerStatus never reported the full log file system: {st:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!("FAULT full log file system: state {:?}, message {:?}", st.state, st.message);
+    assert_eq!(st.state, api::ContainerState::ContainerRunning as i32, "the container keeps running");
+    let infra_log = std::fs::read_to_string(w.daemon.state_dir.join(format!("pods/{pod}/infra.log"))).unwrap_or_default();
+    assert!(
+        infra_log.contains("No space left on device"),
+        "the infra's log says why output is lost: {infra_log}"
+    );
+    // Rotated away (as the kubelet does) and reopened: logging resumes
+    // and the message clears.
+    std::fs::remove_file(logs.0.join("app/0.log")).expect("rotate");
+    w.rt.reopen_container_log(api::ReopenContainerLogRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = w.status(&c).await;
+        let text = std::fs::read_to_string(logs.0.join("app/0.log")).unwrap_or_default();
+        if st.message.is_empty() && text.contains(" F x") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logging did not resume: {st:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.status(&c).await.state, api::ContainerState::ContainerRunning as i32);
+    stop_and_remove(&mut rt, &pod).await.expect("remove");
+    w.rt.version(api::VersionRequest::default()).await.expect("the daemon answers");
+    drop(logs);
+    assert_clean_except(&w, std::slice::from_ref(&root.0)).await;
+    assert_no_panic(&w);
+    w.daemon.terminate();
+    drop(root);
 }
