@@ -19,10 +19,10 @@ const POD_NETWORK: bool = false;
 
 /// The tests in this file load the whole machine: run them one at a time
 /// even when the harness runs tests in parallel.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// A pod config: on the node's network unless [`POD_NETWORK`].
@@ -299,7 +299,7 @@ const ROUNDS: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_110_in_parallel_started_and_removed_twice() {
-    let _serial = serial();
+    let _serial = serial().await;
     let w = World::new(&[], "").await;
     let pid = w.daemon.pid().expect("daemon pid");
     // Warm up once (first-use allocations, lazily opened files).
@@ -420,7 +420,7 @@ async fn pods_110_in_parallel_started_and_removed_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sync_100_concurrent() {
-    let _serial = serial();
+    let _serial = serial().await;
     let w = World::new(&[], "").await;
     let pid = w.daemon.pid().expect("daemon pid");
     let mut rt = w.rt.clone();
@@ -543,7 +543,7 @@ impl Rng {
 }
 
 /// What the test knows about one pod it tried to make.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Attempt {
     name: String,
     /// The ID RunPodSandbox returned (None: it never answered OK).
@@ -557,7 +557,7 @@ struct Attempt {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_churn_every_pod_accounted_for() {
-    let _serial = serial();
+    let _serial = serial().await;
     let seed = std::env::var("LOAD_FAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -655,7 +655,8 @@ async fn sigkill_during_churn_every_pod_accounted_for() {
         let (rt, images) = w.daemon.clients().await;
         w.rt = rt;
         w.images = images;
-        check_accounted(&mut w, &attempts.lock().unwrap(), cycle).await;
+        let snapshot = attempts.lock().unwrap().clone();
+        check_accounted(&mut w, &snapshot, cycle).await;
     }
     // Remove everything that is left; nothing may remain.
     let mut rt = w.rt.clone();
@@ -815,7 +816,7 @@ async fn image_names(w: &mut World) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_disk_during_pull_and_log_write() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut w = World::new(&[], "").await;
     // The daemon's root directory on a 16 MiB tmpfs, nearly full.
     w.daemon.terminate();
@@ -973,7 +974,7 @@ fn controller_available(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_few_descriptors_and_a_missing_cgroup_controller() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut w = World::new(&[], "").await;
     let pid = w.daemon.pid().expect("daemon pid");
     let baseline = fd_count(pid);
