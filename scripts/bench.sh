@@ -3,6 +3,8 @@
 # work in the same run; prints medians and ratios. Not part of the test run.
 #   bench.sh [images SMALL_RUNS BIG_RUNS]
 #   bench.sh pods [RUNS]     pod/container lifecycle and memory per pod
+#   bench.sh cni [RUNS]      CNI ADD/DEL: nodelet-bridge in-process against
+#                            the reference bridge + host-local + portmap
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh test
@@ -12,5 +14,6 @@ shift || true
 case "$what" in
   images) exec target/release/bench-images "$@" ;;
   pods) exec target/release/bench-pods "$@" ;;
+  cni) exec target/release/bench-cni "$@" ;;
   *) echo "unknown benchmark $what" >&2; exit 2 ;;
 esac

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 build_pkgs=(protobuf-compiler pkg-config libseccomp-dev gcc libc6-dev)
-test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client systemd)
+test_pkgs=(busybox-static docker-registry skopeo containerd runc iproute2 procps etcd-server etcd-client systemd nftables containernetworking-plugins)
 
 want=("${build_pkgs[@]}")
 if [[ "${1:-build}" == "test" ]]; then

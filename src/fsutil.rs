@@ -64,7 +64,7 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
 /// Remove a file or a whole tree; a missing path is not an error.
 pub fn remove_all(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => match fs::remove_dir_all(path) {
+        Ok(m) if m.is_dir() => match detach_mounts_under(path).and_then(|()| fs::remove_dir_all(path)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         },
@@ -75,6 +75,57 @@ pub fn remove_all(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Detach whatever is mounted at or below `dir` (deepest first), so that
+/// removing the tree deletes only our own files: never the contents of a
+/// file system mounted into it (a container root left mounted, a bind
+/// mount), and never stops half-way on `EBUSY`. Fails, removing nothing,
+/// if a mount cannot be detached.
+fn detach_mounts_under(dir: &Path) -> io::Result<()> {
+    let dir = fs::canonicalize(dir)?;
+    let Ok(text) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Ok(());
+    };
+    let mut under: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mountinfo(m)))
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    under.dedup();
+    for m in under {
+        match nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "refusing to remove {}: {} is mounted and cannot be detached: {e}",
+                    dir.display(),
+                    m.display()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
+pub fn unescape_mountinfo(s: &str) -> String {
+    let mut out = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -90,6 +141,37 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temp files left: {names:?}");
+    }
+
+    #[test]
+    fn remove_all_detaches_mounts_instead_of_emptying_them() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("precious"), b"keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a/mnt");
+        fs::create_dir_all(&target).unwrap();
+        nix::mount::mount(
+            Some(outside.path()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        remove_all(&dir.path().join("a")).unwrap();
+        assert!(!dir.path().join("a").exists());
+        assert_eq!(fs::read(outside.path().join("precious")).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn mountinfo_unescaping() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/end\\04"), "/end\\04");
     }
 
     #[test]

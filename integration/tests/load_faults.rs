@@ -12,10 +12,9 @@ use nodelet_integration::cri::{api, spec, Runtime};
 use nodelet_integration::pods::World;
 use tonic::Code;
 
-/// Pods run on the node's network until the CNI bridge library is merged;
-/// set this to run them on pod networks (then the veth and IP leak checks
-/// apply too).
-const POD_NETWORK: bool = false;
+/// Pods run on pod networks (the built-in bridge: a veth and an IP each,
+/// checked for leaks); false runs them on the node's network.
+const POD_NETWORK: bool = true;
 
 /// The tests in this file load the whole machine: run them one at a time
 /// even when the harness runs tests in parallel.
@@ -231,11 +230,11 @@ async fn assert_clean_except(w: &World, allowed_mounts: &[PathBuf]) {
         .unwrap_or(0);
     assert_eq!(records, 0, "pod records left");
     if POD_NETWORK {
-        let links = w.node.ip(&["-o", "link", "show", "type", "veth"]);
-        assert!(links.trim().is_empty(), "veths left in the node: {links}");
-        let ipam: Vec<String> = nodelet_integration::daemon::list_tree(&w.daemon.state_dir)
+        let links = w.node.ip(&["-o", "link", "show"]);
+        let veths: Vec<&str> = links.lines().filter(|l| l.contains("veth")).collect();
+        assert!(veths.is_empty(), "veths left in the node: {veths:?}");
+        let ipam: Vec<String> = nodelet_integration::daemon::list_tree(&w.daemon.root_dir.join("cni/networks"))
             .into_iter()
-            .filter(|p| p.contains("ipam") || p.contains("networks"))
             .filter(|p| {
                 Path::new(p)
                     .file_name()

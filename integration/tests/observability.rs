@@ -62,45 +62,6 @@ fn val(v: &Option<api::UInt64Value>) -> u64 {
     v.as_ref().map(|v| v.value).expect("value present")
 }
 
-/// A veth pair with one end as `eth0` in the pod's network namespace, so
-/// there is traffic to count (the pod network itself is not built yet).
-struct Veth {
-    host: String,
-}
-
-impl Veth {
-    fn new(infra_pid: i32, subnet: u8) -> Veth {
-        let host = format!("nlt{}", &nodelet::fsutil::random_hex(4)[..6]);
-        let run = |args: &[&str]| {
-            nodelet_integration::run(std::process::Command::new(args[0]).args(&args[1..]))
-                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        };
-        let pid = infra_pid.to_string();
-        run(&[
-            "ip", "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &pid,
-        ]);
-        let v = Veth { host };
-        run(&["ip", "addr", "add", &format!("10.213.{subnet}.1/30"), "dev", &v.host]);
-        run(&["ip", "link", "set", &v.host, "up"]);
-        let in_pod = |args: &[&str]| {
-            let mut a = vec!["nsenter", "-t", &pid, "-n"];
-            a.extend_from_slice(args);
-            run(&a);
-        };
-        in_pod(&["ip", "addr", "add", &format!("10.213.{subnet}.2/30"), "dev", "eth0"]);
-        in_pod(&["ip", "link", "set", "eth0", "up"]);
-        v
-    }
-}
-
-impl Drop for Veth {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.host])
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn stats_of_a_busy_container_match_the_kernel() {
     let mut w = World::new(&[], "").await;
@@ -190,12 +151,11 @@ async fn stats_of_a_busy_container_match_the_kernel() {
 
     // Network counters of the pod's namespace.
     let infra = w.infra_pid(&pod_id).await;
-    let subnet = (std::process::id() % 200) as u8 + 20;
-    let _veth = Veth::new(infra, subnet);
-    // A fresh veth drops what is sent before its carrier is up, so send
-    // until the pod's side has counted 20 kB (the UDP port is closed: the
-    // pod answers with ICMP, which counts as transmitted).
-    let sock = std::net::UdpSocket::bind(format!("10.213.{subnet}.1:0")).unwrap();
+    // Traffic from the node to the pod's address on its pod network (the
+    // UDP port is closed: the pod answers with ICMP, which counts as
+    // transmitted). Send until the pod's side has counted 20 kB.
+    let pod_ip = w.pod_status(&pod_id).await.network.expect("pod network").ip;
+    let sock = w.node.within(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     let rx_now = |pid: i32| -> u64 {
         let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev")).unwrap();
@@ -207,7 +167,7 @@ async fn stats_of_a_busy_container_match_the_kernel() {
     while rx_now(infra) < 20 * 1000 {
         assert!(Instant::now() < deadline, "no traffic reached the pod");
         for _ in 0..5 {
-            let _ = sock.send_to(&[7u8; 1000], format!("10.213.{subnet}.2:9"));
+            let _ = sock.send_to(&[7u8; 1000], format!("{pod_ip}:9"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

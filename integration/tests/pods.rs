@@ -734,13 +734,15 @@ async fn reopen_log_after_rotation() {
 
 #[tokio::test]
 async fn kill_9_with_20_pods_running() {
+    const EXITS: usize = 19;
     let mut w = World::new(&[], "").await;
     let mut pods = Vec::new();
     for i in 0..20 {
         let pod = w.pod(&format!("p{i}"));
         let id = w.run_pod(pod.clone()).await;
-        let script = if i == 0 {
-            // Exits while the daemon is down.
+        let script = if i == EXITS {
+            // Exits while the daemon is down (started last, so that the
+            // time the other pods take to start does not matter).
             "sleep 2; exit 42".to_string()
         } else {
             "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done".to_string()
@@ -775,7 +777,7 @@ async fn kill_9_with_20_pods_running() {
         assert_eq!(st.state, api::PodSandboxState::SandboxReady as i32, "pod {n}");
         assert_eq!(w.infra_pid(id).await, infra_before[n], "the same infra process");
         let cs = w.status(c).await;
-        if n == 0 {
+        if n == EXITS {
             assert_eq!(cs.state, api::ContainerState::ContainerExited as i32);
             assert_eq!(cs.exit_code, 42);
             let finished = std::time::UNIX_EPOCH + Duration::from_nanos(cs.finished_at as u64);
@@ -1053,6 +1055,24 @@ async fn mounts_devices_privileged_and_host_namespaces() {
     let id = w.run_pod(pod.clone()).await;
     let host = tempfile::tempdir().unwrap();
     std::fs::write(host.path().join("hello"), "from the host\n").unwrap();
+    // A file system mounted below the bind-mounted directory: a plain
+    // read-only bind leaves it writable, a recursive read-only one does not.
+    std::fs::create_dir(host.path().join("sub")).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host.path().join("sub"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _sub = Unmount(host.path().join("sub"));
     let mut cfg = w.container("app", "sleep 1000");
     cfg.linux = Some(api::LinuxContainerConfig {
         security_context: Some(api::LinuxContainerSecurityContext {
@@ -1075,6 +1095,13 @@ async fn mounts_devices_privileged_and_host_namespaces() {
         api::Mount {
             container_path: "/host-rw".into(),
             host_path: host.path().display().to_string(),
+            ..Default::default()
+        },
+        api::Mount {
+            container_path: "/host-rro".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            recursive_read_only: true,
             ..Default::default()
         },
     ];
@@ -1102,6 +1129,19 @@ async fn mounts_devices_privileged_and_host_namespaces() {
     assert_ne!(w.exec(&c, &["sh", "-c", "echo x > /host-ro/new"]).await.exit_code, 0);
     w.sh(&c, "echo y > /host-rw/new").await;
     assert_eq!(std::fs::read_to_string(host.path().join("new")).unwrap(), "y\n");
+    // Recursive read-only (the runtime handler says it supports it).
+    let handlers =
+        w.rt.status(api::StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .runtime_handlers;
+    assert!(handlers[0].features.as_ref().unwrap().recursive_read_only_mounts);
+    assert_eq!(w.sh(&c, "echo a > /host-ro/sub/a && cat /host-ro/sub/a").await, "a\n");
+    let rro = w.exec(&c, &["sh", "-c", "echo b > /host-rro/sub/b"]).await;
+    assert_ne!(rro.exit_code, 0, "a recursive read-only mount is read-only below too");
+    assert!(String::from_utf8_lossy(&rro.stderr).contains("Read-only"), "{rro:?}");
+    assert!(!host.path().join("sub/b").exists());
     // The device.
     assert_eq!(w.sh(&c, "head -c 4 /dev/myzero | wc -c").await.trim(), "4");
     // Unprivileged: no host devices, no CAP_SYS_ADMIN.

@@ -285,13 +285,19 @@ async fn attach_to_a_container_reading_stdin_and_to_a_tty() {
             got.extend(data);
         }
     }
-    watcher
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_until(b"ping-ws", Duration::from_secs(10))
-        .await
-        .unwrap();
+    // The second session sees output written once it is attached (its
+    // attachment to the container's stream may land just after the
+    // upgrade answer, so keep writing until it shows).
+    let mut seen = false;
+    for _ in 0..20 {
+        ws.send(0, b"ping-spdy\n").await.unwrap();
+        let out = watcher.stdout.as_mut().unwrap();
+        if out.read_until(b"ping-spdy", Duration::from_millis(500)).await.is_ok() {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the second attach session never saw the output");
     // The container exits (stdin closed by stopping it): the session ends
     // with its status.
     drop(ws);

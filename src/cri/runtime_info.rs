@@ -57,12 +57,13 @@ pub fn status(node: &Node, req: cri::StatusRequest) -> cri::StatusResponse {
             ],
         }),
         info,
-        // The default handler; user namespaces and recursive read-only
-        // mounts are not offered yet, so say false.
+        // The default handler. Recursive read-only mounts need the
+        // kernel's mount_setattr (5.12); user namespaces are not offered
+        // yet (a pod asking for one is refused).
         runtime_handlers: vec![cri::RuntimeHandler {
             name: String::new(),
             features: Some(cri::RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::runtime::mounts::kernel_has_mount_setattr(),
                 user_namespaces: false,
             }),
         }],

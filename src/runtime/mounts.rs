@@ -71,25 +71,20 @@ pub fn is_mountpoint(path: &Path) -> bool {
     };
     let wanted = path.to_string_lossy();
     text.lines()
-        .any(|l| l.split(' ').nth(4).map(unescape).as_deref() == Some(&*wanted))
+        .any(|l| l.split(' ').nth(4).map(crate::fsutil::unescape_mountinfo).as_deref() == Some(&*wanted))
 }
 
-/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v as char);
-            i += 4;
-        } else {
-            out.push(b[i] as char);
-            i += 1;
-        }
-    }
-    out
+/// Does the kernel have `mount_setattr(2)` (Linux 5.12), which recursive
+/// read-only mounts are made with? Probed once with an invalid descriptor:
+/// `EBADF` means the call exists, `ENOSYS` that it does not.
+pub fn kernel_has_mount_setattr() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: a null attribute pointer with size 0 and fd -1: the kernel
+        // rejects the call before touching memory.
+        let r = unsafe { libc::syscall(libc::SYS_mount_setattr, -1, c"".as_ptr(), 0, std::ptr::null::<u8>(), 0) };
+        r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    })
 }
 
 /// Unmount `target` if mounted (detaching if busy). Not mounted is fine.
@@ -99,17 +94,5 @@ pub fn unmount(target: &Path) -> io::Result<()> {
         Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(io::Error::from),
         Err(e) => Err(e.into()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_unescaping() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/x\\134y"), "/x\\y");
     }
 }

@@ -442,6 +442,8 @@ impl Runtime {
         }
         let dir = self.pod_state_dir(&record.id);
         let _ = mounts::unmount(&dir.join("shm"));
+        // A pod that failed half-way still has its namespaces pinned;
+        // a bind mount left there would keep the directory busy for ever.
         unpin_namespaces(&dir);
         let rt = Arc::clone(self);
         let cg = record.cgroup.clone();

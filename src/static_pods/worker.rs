@@ -691,6 +691,10 @@ impl Worker {
             let running = v.as_ref().filter(|v| v.state == ContainerState::Running);
             let probes = c.probes.as_ref().map(|(p, _)| p);
             let started = running.is_some() && probes.is_none_or(|p| p.started.load(Ordering::SeqCst));
+            let exited = v.as_ref().filter(|v| v.state == ContainerState::Exited);
+            // Waiting to be restarted (CrashLoopBackOff): as the kubelet
+            // shows it, the state is `waiting` and the exit is `lastState`.
+            let backing_off = exited.is_some() && c.waiting.is_some();
             ContainerView {
                 name: c.spec.name.clone(),
                 image: c.spec.image.clone().unwrap_or_default(),
@@ -700,22 +704,19 @@ impl Worker {
                 ready: started && probes.is_none_or(|p| p.ready.load(Ordering::SeqCst)),
                 started,
                 running_since: running.map(|v| v.status.started_at),
-                terminated: v
-                    .as_ref()
-                    .filter(|v| v.state == ContainerState::Exited)
-                    .map(|v| Terminated {
-                        exit_code: v.status.exit_code.unwrap_or(-1),
-                        reason: v.status.reason.clone(),
-                        message: v.status.message.clone(),
-                        started_at: v.status.started_at,
-                        finished_at: v.status.finished_at,
-                        container_id: v.record.id.clone(),
-                    }),
+                terminated: exited.filter(|_| !backing_off).map(|v| Terminated {
+                    exit_code: v.status.exit_code.unwrap_or(-1),
+                    reason: v.status.reason.clone(),
+                    message: v.status.message.clone(),
+                    started_at: v.status.started_at,
+                    finished_at: v.status.finished_at,
+                    container_id: v.record.id.clone(),
+                }),
                 waiting: if running.is_some() { None } else { c.waiting.clone() },
                 last_terminated: c
                     .last
                     .clone()
-                    .filter(|l| Some(&l.container_id) != c.id.as_ref() || running.is_some()),
+                    .filter(|l| backing_off || Some(&l.container_id) != c.id.as_ref() || running.is_some()),
             }
         };
         let init: Vec<ContainerView> = self.init.iter().map(view_of).collect();
@@ -737,7 +738,14 @@ impl Worker {
             } else {
                 "Succeeded"
             }
-        } else if initialized && (any_running || containers.iter().all(|c| c.terminated.is_some())) {
+        } else if initialized
+            && (any_running
+                || containers
+                    .iter()
+                    .all(|c| c.terminated.is_some() || c.last_terminated.is_some()))
+        {
+            // As the kubelet counts: a container waiting to restart after an
+            // exit has run; only one that never ran keeps the pod Pending.
             "Running"
         } else {
             "Pending"
