@@ -954,10 +954,19 @@ fn clock_ticks() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
+/// Set the soft RLIMIT_NOFILE of a process (the hard one stays, so the
+/// limit can be raised again).
 fn set_nofile(pid: u32, n: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit.
+    let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
     let lim = libc::rlimit {
-        rlim_cur: n,
-        rlim_max: n,
+        rlim_cur: n.min(old.rlim_max),
+        rlim_max: old.rlim_max,
     };
     // SAFETY: prlimit with a valid rlimit and no old-value pointer.
     let rc = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
@@ -978,7 +987,7 @@ async fn too_few_descriptors_and_a_missing_cgroup_controller() {
     let pid = w.daemon.pid().expect("daemon pid");
     let baseline = fd_count(pid);
     // Room for the daemon's own descriptors and a few pods, not for 40.
-    let limit = baseline as u64 + 24;
+    let limit = baseline as u64 + 48;
     set_nofile(pid, limit);
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -1099,6 +1108,8 @@ async fn too_few_descriptors_and_a_missing_cgroup_controller() {
     );
     let held_n = held.len();
     drop(held);
+    // Back to the first low limit, with room for the rest.
+    set_nofile(pid, limit);
     tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
         .expect("the waiting client was not served after other clients left")

@@ -34,6 +34,14 @@ fn stat_start_time(stat: &str) -> Option<u64> {
     after.split(' ').nth(19)?.parse().ok()
 }
 
+/// Does an error's text say the node ran out of descriptors or memory
+/// (worth a retry once load drops)?
+fn out_of_resources(text: &str) -> bool {
+    ["Too many open files", "Cannot allocate memory"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
 /// Is this pod's infra process (the very one we started) alive?
 pub fn infra_alive(p: &SandboxRecord) -> bool {
     if p.infra_pid <= 0 {
@@ -425,14 +433,29 @@ impl Runtime {
     /// Undo what `setup_pod` did (also the end of RemovePodSandbox).
     async fn teardown_pod_resources(self: &Arc<Self>, record: &SandboxRecord) {
         if record.network.is_some() {
-            let rt = Arc::clone(self);
-            let mut rec = record.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = rt.release_network(&mut rec) {
-                    tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}");
+            // A DEL that failed for want of descriptors or memory (a setup
+            // that failed for the same reason, say) is retried for a few
+            // seconds: giving up would leak the pod's addresses until the
+            // next start.
+            let mut delay = Duration::from_millis(100);
+            let rec = record.clone();
+            for attempt in 0.. {
+                let rt = Arc::clone(self);
+                let mut r = rec.clone();
+                let result = tokio::task::spawn_blocking(move || rt.release_network(&mut r).map(|()| r)).await;
+                match result {
+                    Ok(Ok(_)) | Err(_) => break,
+                    Ok(Err(e)) if attempt < 5 && out_of_resources(&e.to_string()) => {
+                        tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}");
+                        break;
+                    }
                 }
-            })
-            .await;
+            }
         }
         if record.infra_pid > 0 && infra_alive(record) {
             let _ = nix::sys::signal::kill(
