@@ -225,10 +225,8 @@ async fn assert_clean_except(w: &World, allowed_mounts: &[PathBuf]) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     w.assert_no_leaks_except(allowed_mounts);
-    let records = std::fs::read_dir(w.daemon.root_dir.join("pods"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(records, 0, "pod records left");
+    let records = nodelet_integration::daemon::list_tree(&w.daemon.root_dir.join("pods"));
+    assert!(records.is_empty(), "pod records left: {records:?}");
     if POD_NETWORK {
         let links = w.node.ip(&["-o", "link", "show"]);
         let veths: Vec<&str> = links.lines().filter(|l| l.contains("veth")).collect();

@@ -98,6 +98,12 @@ pub fn load_pods(dir: &Path) -> Vec<SandboxRecord> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
+        // A write_atomic temporary left by a crash mid-write (the record
+        // itself is the old or the new version): nothing refers to it.
+        if e.file_name().to_string_lossy().starts_with('.') && e.file_name().to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(&p);
+            continue;
+        }
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }
