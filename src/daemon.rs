@@ -12,7 +12,6 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cli::ServeArgs;
 use crate::config::{CgroupDriver, Config};
@@ -163,7 +162,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             let served = tonic::transport::Server::builder()
                 .add_service(view.runtime_server())
                 .add_service(view.image_server())
-                .serve_with_incoming_shutdown(UnixListenerStream::new(kubelet_listener), async move {
+                .serve_with_incoming_shutdown(connections(kubelet_listener), async move {
                     let _ = stop.changed().await;
                 })
                 .await;
@@ -188,7 +187,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         tonic::transport::Server::builder()
             .add_service(cri.runtime_server())
             .add_service(cri.image_server())
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(connections(listener), async move {
                 let _ = main_stop.changed().await;
             }),
     );
@@ -258,5 +257,37 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
     Ok(tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Connections from a CRI socket. An accept error (EMFILE or ENFILE when
+/// the daemon is out of descriptors) is logged once and retried after a
+/// growing pause, not at once: the waiting connection keeps the listener
+/// readable, so an immediate retry (what the server does with an error
+/// from its stream) spins a core until a descriptor frees up.
+fn connections(
+    listener: UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>> + Send + 'static {
+    const FIRST: Duration = Duration::from_millis(10);
+    futures::stream::unfold((listener, Duration::ZERO), |(listener, mut backoff)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    if !backoff.is_zero() {
+                        tracing::info!("accepting CRI connections again");
+                    }
+                    return Some((Ok(stream), (listener, Duration::ZERO)));
+                }
+                Err(e) => {
+                    if backoff.is_zero() {
+                        tracing::warn!("cannot accept a CRI connection: {e}; retrying until it works");
+                        backoff = FIRST;
+                    } else {
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
     })
 }

@@ -240,6 +240,12 @@ impl World {
     /// cgroup under the test's parent with tasks, no mount under the test
     /// directory but the ones listed in `allowed`.
     pub fn assert_no_leaks(&self) {
+        self.assert_no_leaks_except(&[]);
+    }
+
+    /// [`World::assert_no_leaks`], with mounts the test made itself (a
+    /// small file system under the test directory, say) allowed.
+    pub fn assert_no_leaks_except(&self, allowed_mounts: &[std::path::PathBuf]) {
         let cgroups = crate::cleanup::cgroup_dirs(&self.daemon.cgroup_parent);
         let mut tasks = Vec::new();
         for d in &cgroups {
@@ -269,7 +275,10 @@ impl World {
             })
             .collect();
         assert!(leftover.is_empty(), "cgroups left: {leftover:?}");
-        let mounts = crate::cleanup::mounts_below(self.daemon.dir.path());
+        let mounts: Vec<_> = crate::cleanup::mounts_below(self.daemon.dir.path())
+            .into_iter()
+            .filter(|m| !allowed_mounts.contains(m))
+            .collect();
         assert!(mounts.is_empty(), "mounts left: {mounts:?}");
         let containers = std::fs::read_dir(self.daemon.root_dir.join("containers"))
             .map(|d| d.count())

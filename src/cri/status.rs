@@ -14,8 +14,43 @@ use crate::streaming::StreamingError;
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
-        Status::new(image_code(&e), e.to_string())
+        let code = if exhausted(&e) {
+            Code::ResourceExhausted
+        } else {
+            image_code(&e)
+        };
+        Status::new(code, e.to_string())
     }
+}
+
+/// The node ran out of something (disk space, file descriptors, memory):
+/// `RESOURCE_EXHAUSTED`, whatever module reported it, so a client can tell
+/// "retry when there is room" from a bug. Found through the error's
+/// sources (an `io::Error`'s OS code), or in its text where a layer below
+/// kept only the message.
+fn exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
+    const CODES: [i32; 5] = [libc::ENOSPC, libc::EDQUOT, libc::EMFILE, libc::ENFILE, libc::ENOMEM];
+    const TEXTS: [&str; 5] = [
+        "No space left on device",
+        "Disk quota exceeded",
+        "Too many open files",
+        "Too many open files in system",
+        "Cannot allocate memory",
+    ];
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error().is_some_and(|c| CODES.contains(&c)) {
+                return true;
+            }
+        }
+        let text = err.to_string();
+        if TEXTS.iter().any(|t| text.contains(t)) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn image_code(e: &ImageError) -> Code {
@@ -47,6 +82,9 @@ fn registry_code(e: &RegistryError) -> Code {
 
 impl From<RuntimeError> for Status {
     fn from(e: RuntimeError) -> Status {
+        if exhausted(&e) {
+            return Status::new(Code::ResourceExhausted, e.to_string());
+        }
         let code = match &e {
             RuntimeError::NotFound { .. } => Code::NotFound,
             RuntimeError::AlreadyExists(_) => Code::AlreadyExists,
@@ -128,6 +166,15 @@ mod tests {
         let s = Status::from(shared);
         assert_eq!(s.code(), Code::Unauthenticated);
         assert_eq!(not_yet("Exec").code(), Code::Unimplemented);
+        let full = RuntimeError::Io {
+            what: "write pod record".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        let s = Status::from(full);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("No space left on device"), "{}", s.message());
+        let emfile = ImageError::Internal(format!("open: {}", std::io::Error::from_raw_os_error(libc::EMFILE)));
+        assert_eq!(Status::from(emfile).code(), Code::ResourceExhausted);
         assert!(not_yet("Exec").message().contains("Exec"));
     }
 }

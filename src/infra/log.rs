@@ -107,6 +107,22 @@ pub struct LogFile {
     stdout: LineSplitter,
     stderr: LineSplitter,
     record: Vec<u8>,
+    /// The error records are being lost to (a full disk, a removed
+    /// directory), and how many were lost since the first.
+    failing: Option<String>,
+    lost: u64,
+    /// A change between writing and losing records not yet reported.
+    note: Option<LogNote>,
+}
+
+/// A change in whether a container's log can be written, for the infra's
+/// log and the container's status message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogNote {
+    /// Records are being dropped: the message says why.
+    Failing(String),
+    /// Writes work again; the message says how many records were lost.
+    Recovered(String),
 }
 
 impl LogFile {
@@ -117,6 +133,9 @@ impl LogFile {
             stdout: LineSplitter::default(),
             stderr: LineSplitter::default(),
             record: Vec::with_capacity(256),
+            failing: None,
+            lost: 0,
+            note: None,
         };
         l.reopen()?;
         Ok(l)
@@ -172,9 +191,34 @@ impl LogFile {
         self.record.push(b'\n');
         if let Some(f) = self.file.as_mut() {
             // A full disk or a removed directory loses this record, never
-            // the container: the process must not block on its logs.
-            let _ = f.write_all(&self.record);
+            // the container: the process must not block on its logs. The
+            // loss is reported once when it starts and once when it ends.
+            match f.write_all(&self.record) {
+                Ok(()) => {
+                    if self.failing.take().is_some() {
+                        self.note = Some(LogNote::Recovered(format!(
+                            "log {} is writable again; {} records were lost",
+                            self.path.display(),
+                            self.lost
+                        )));
+                        self.lost = 0;
+                    }
+                }
+                Err(e) => {
+                    self.lost += 1;
+                    if self.failing.is_none() {
+                        let msg = format!("writing log {}: {e}; output is being dropped", self.path.display());
+                        self.failing = Some(msg.clone());
+                        self.note = Some(LogNote::Failing(msg));
+                    }
+                }
+            }
         }
+    }
+
+    /// What changed since the last call, if anything.
+    pub fn take_note(&mut self) -> Option<LogNote> {
+        self.note.take()
     }
 }
 
@@ -182,6 +226,28 @@ impl LogFile {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn write_errors_are_noted_once_and_recovery_too() {
+        // /dev/full: every write fails with ENOSPC.
+        let mut log = LogFile::open(Path::new("/dev/full")).unwrap();
+        log.write(Stream::Stdout, b"a\nb\nc\n");
+        match log.take_note() {
+            Some(LogNote::Failing(m)) => assert!(m.contains("No space left on device"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        log.write(Stream::Stdout, b"d\n");
+        assert_eq!(log.take_note(), None, "reported once");
+        assert_eq!(log.lost, 4);
+        let dir = tempfile::tempdir().unwrap();
+        log.path = dir.path().join("0.log");
+        log.reopen().unwrap();
+        log.write(Stream::Stdout, b"e\n");
+        match log.take_note() {
+            Some(LogNote::Recovered(m)) => assert!(m.contains("4 records were lost"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_nano_utc() {

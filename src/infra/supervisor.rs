@@ -25,7 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::launch::{self, Job, Outcome};
-use super::log::{LogFile, Stream};
+use super::log::{LogFile, LogNote, Stream};
 use super::protocol::{ContainerStatus, InfraConfig, Request, Response, StartSpec};
 
 mod attach;
@@ -619,8 +619,25 @@ impl Sup {
             let data = &buf[..n];
             match owner {
                 Owner::Container(id) => {
-                    if let Some(log) = self.containers.get_mut(&id).and_then(|c| c.log.as_mut()) {
-                        log.write(stream, data);
+                    if let Some(c) = self.containers.get_mut(&id) {
+                        if let Some(log) = c.log.as_mut() {
+                            log.write(stream, data);
+                            if let Some(note) = log.take_note() {
+                                // Visible in the infra's log and in the
+                                // container's status message.
+                                let (text, message) = match note {
+                                    LogNote::Failing(m) => (m.clone(), m),
+                                    LogNote::Recovered(m) => (m, String::new()),
+                                };
+                                eprintln!("container {id}: {text}");
+                                c.status.message = message;
+                                let _ = crate::fsutil::write_atomic(
+                                    &c.spec.status_path,
+                                    &serde_json::to_vec(&c.status).unwrap_or_default(),
+                                    false,
+                                );
+                            }
+                        }
                     }
                     self.attach_output(&id, stream, data);
                 }

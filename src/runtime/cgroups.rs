@@ -110,6 +110,28 @@ impl Cgroups {
         })
     }
 
+    /// The controllers limits can use: v1, every mounted hierarchy's; v2,
+    /// the root's `cgroup.controllers`.
+    pub fn controllers(&self) -> Vec<String> {
+        let mut out: Vec<String> = if self.v2 {
+            self.hierarchies
+                .iter()
+                .flat_map(|h| {
+                    std::fs::read_to_string(h.mount.join("cgroup.controllers"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        } else {
+            self.hierarchies.iter().flat_map(|h| h.controllers.clone()).collect()
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// The directories of cgroup `path` (absolute, like `/nodelet/pod1`) in
     /// every hierarchy.
     pub fn dirs(&self, path: &str) -> Vec<PathBuf> {

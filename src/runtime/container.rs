@@ -357,9 +357,9 @@ impl Runtime {
         if let Err(e) = mounts::unmount(&dir.join("rootfs")) {
             tracing::warn!(container = %id, "unmount rootfs: {e}");
         }
-        if let Err(e) = crate::fsutil::remove_all(&dir) {
-            tracing::warn!(container = %id, "remove {}: {e}", dir.display());
-        }
+        // Deleted in the background, retried if the daemon is out of
+        // descriptors.
+        self.trash(&dir, &self.config.root_dir);
     }
 
     fn status_path(&self, id: &str) -> PathBuf {

@@ -160,6 +160,7 @@ impl Runtime {
                         .collect()
                 })
                 .unwrap_or_default(),
+            cgroup_controllers: Some(cgroups.controllers()),
             cgroup_v1_hierarchies: if cgroups.v2 {
                 Vec::new()
             } else {
@@ -234,9 +235,24 @@ impl Runtime {
                 dir.to_path_buf()
             }
         };
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::fsutil::remove_all(&target) {
-                tracing::warn!("removing {}: {e}", target.display());
+        tokio::spawn(async move {
+            // Out of descriptors or memory is retried for a while (the
+            // directory would otherwise stay until the next start).
+            let mut delay = std::time::Duration::from_millis(50);
+            for attempt in 0.. {
+                let t = target.clone();
+                let result = tokio::task::spawn_blocking(move || crate::fsutil::remove_all(&t)).await;
+                let Ok(Err(e)) = result else { return };
+                let transient = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOMEM));
+                if !transient || attempt >= 40 {
+                    tracing::warn!("removing {}: {e}", target.display());
+                    return;
+                }
+                if attempt == 0 {
+                    tracing::warn!("removing {}: {e}; retrying", target.display());
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(2));
             }
         });
     }
@@ -250,6 +266,10 @@ impl Runtime {
         }
         let pods = records::load_pods(&self.config.root_dir.join("pods"));
         let containers = records::load_containers(&self.config.root_dir.join("containers"));
+        let (mut interrupted, pods): (Vec<_>, Vec<_>) = pods.into_iter().partition(|p| p.setting_up);
+        for p in &mut interrupted {
+            self.abandon_setup(p);
+        }
         let mut idx = self.index.lock().expect("index");
         for mut p in pods {
             if p.ready && !sandbox::infra_alive(&p) {

@@ -48,6 +48,12 @@ pub struct SandboxRecord {
     /// none: the host's user namespace. Free again once the record is gone.
     #[serde(default)]
     pub userns: Option<super::userns::IdRange>,
+    /// RunPodSandbox has not finished: the record is written before any
+    /// of the pod's resources exist, so a crash midway leaves a record
+    /// that start-up recovery tears down (cgroup, infra, mounts, state
+    /// directory) instead of leaking them.
+    #[serde(default)]
+    pub setting_up: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +102,12 @@ pub fn load_pods(dir: &Path) -> Vec<SandboxRecord> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
+        // A write_atomic temporary left by a crash mid-write (the record
+        // itself is the old or the new version): nothing refers to it.
+        if e.file_name().to_string_lossy().starts_with('.') && e.file_name().to_string_lossy().contains(".tmp-") {
+            let _ = std::fs::remove_file(&p);
+            continue;
+        }
         if p.extension().and_then(|x| x.to_str()) != Some("json") {
             continue;
         }

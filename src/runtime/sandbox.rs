@@ -25,24 +25,40 @@ const NS_NODE: i32 = cri::NamespaceMode::Node as i32;
 
 /// `/proc/<pid>/stat` field 22: when the process started.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn stat_start_time(stat: &str) -> Option<u64> {
     // The command name is in parentheses and may contain spaces.
     let after = &stat[stat.rfind(')')? + 2..];
     after.split(' ').nth(19)?.parse().ok()
 }
 
+/// Does an error's text say the node ran out of descriptors or memory
+/// (worth a retry once load drops)?
+fn out_of_resources(text: &str) -> bool {
+    ["Too many open files", "Cannot allocate memory"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
 /// Is this pod's infra process (the very one we started) alive?
 pub fn infra_alive(p: &SandboxRecord) -> bool {
-    p.infra_pid > 0
-        && process_start_time(p.infra_pid) == Some(p.infra_start_time)
-        && !std::fs::read_to_string(format!("/proc/{}/stat", p.infra_pid))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .map(|r| r.trim_start().starts_with('Z'))
-                    .unwrap_or(false)
-            })
-            .unwrap_or(true)
+    if p.infra_pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{}/stat", p.infra_pid)) {
+        Ok(stat) => {
+            let zombie = stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'));
+            stat_start_time(&stat) == Some(p.infra_start_time) && !zombie
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        // Unreadable for now (out of descriptors): a pod must not turn
+        // not-ready for that. Whether the PID exists needs no descriptor.
+        Err(_) => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.infra_pid), None) != Err(nix::errno::Errno::ESRCH)
+        }
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> RuntimeError {
@@ -300,7 +316,16 @@ impl Runtime {
             stopped: false,
             network: None,
             userns,
+            setting_up: true,
         };
+        // Recorded before anything exists, so that a crash from here on is
+        // undone at the next start (`abandon_setup`).
+        if let Err(e) = records::save_pod(&self.pod_record_path(&id), &record) {
+            let mut idx = self.index.lock().expect("index");
+            idx.names.remove(&format!("pod:{name}"));
+            idx.userns.remove(&id);
+            return Err(io_err("write pod record")(e));
+        }
         let setup = self
             .setup_pod(record, &hostname, sysctls, host_network, host_ipc, ns.pid, &linux)
             .await;
@@ -359,10 +384,6 @@ impl Runtime {
                 }
             };
         }
-        // Recorded before anything is made (state directory, cgroup, infra
-        // process), so a crash from here on leaves a pod that start-up finds
-        // not ready and whose removal undoes it all, never an unknown one.
-        tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         let dir = self.pod_state_dir(&record.id);
         tri!(crate::fsutil::ensure_dir(&dir.join("runc"), 0o711).map_err(io_err(format!("create {}", dir.display()))));
         if record.userns.is_some() {
@@ -459,6 +480,7 @@ impl Runtime {
             let attachment = tri!(tri!(attached).map_err(RuntimeError::from));
             record.network = Some(attachment);
         }
+        record.setting_up = false;
         tri!(records::save_pod(&self.pod_record_path(&record.id), &record).map_err(io_err("write pod record")));
         Ok(record)
     }
@@ -466,14 +488,29 @@ impl Runtime {
     /// Undo what `setup_pod` did (also the end of RemovePodSandbox).
     async fn teardown_pod_resources(self: &Arc<Self>, record: &SandboxRecord) {
         if record.network.is_some() {
-            let rt = Arc::clone(self);
-            let mut rec = record.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Err(e) = rt.release_network(&mut rec) {
-                    tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}");
+            // A DEL that failed for want of descriptors or memory (a setup
+            // that failed for the same reason, say) is retried for a few
+            // seconds: giving up would leak the pod's addresses until the
+            // next start.
+            let mut delay = Duration::from_millis(100);
+            let rec = record.clone();
+            for attempt in 0.. {
+                let rt = Arc::clone(self);
+                let mut r = rec.clone();
+                let result = tokio::task::spawn_blocking(move || rt.release_network(&mut r).map(|()| r)).await;
+                match result {
+                    Ok(Ok(_)) | Err(_) => break,
+                    Ok(Err(e)) if attempt < 5 && out_of_resources(&e.to_string()) => {
+                        tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(pod = %rec.id, "releasing the pod's network: {e}");
+                        break;
+                    }
                 }
-            })
-            .await;
+            }
         }
         if record.infra_pid > 0 && infra_alive(record) {
             let _ = nix::sys::signal::kill(
@@ -642,6 +679,39 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Undo a RunPodSandbox that a crash interrupted (its record still
+    /// says `setting_up`): release the network, kill the infra and
+    /// whatever joined the pod's cgroup, unmount, delete the record and
+    /// the state directory. Blocking; used by start-up recovery.
+    pub(crate) fn abandon_setup(&self, record: &mut SandboxRecord) {
+        tracing::warn!(pod = %record.id, "removing a pod whose RunPodSandbox was interrupted");
+        if let Err(e) = self.release_network(record) {
+            tracing::warn!(pod = %record.id, "releasing the pod's network: {e}");
+        }
+        if record.infra_pid > 0 && infra_alive(record) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(record.infra_pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let dir = self.pod_state_dir(&record.id);
+        unpin_namespaces(&dir);
+        if let Err(e) = mounts::unmount(&dir.join("shm")) {
+            tracing::warn!(pod = %record.id, "unmount the pod's /dev/shm: {e}");
+        }
+        // Removing the cgroup kills what runs in it: the infra (it joins
+        // the cgroup first thing) even when its PID was never recorded.
+        if let Err(e) = self.cgroups.remove(&record.cgroup) {
+            tracing::warn!(pod = %record.id, "removing pod cgroup {}: {e}", record.cgroup);
+        }
+        if let Err(e) = crate::fsutil::remove_all(&dir) {
+            tracing::warn!(pod = %record.id, "removing {}: {e}", dir.display());
+        }
+        if let Err(e) = crate::fsutil::remove_all(&self.pod_record_path(&record.id)) {
+            tracing::warn!(pod = %record.id, "removing the pod record: {e}");
+        }
+    }
+
     /// CNI DEL for a pod, recorded as `deleting` first so a crash midway
     /// is finished at the next start. Idempotent. Blocking.
     pub(crate) fn release_network(&self, record: &mut SandboxRecord) -> Result<()> {
@@ -739,25 +809,74 @@ async fn spawn_infra(dir: &Path) -> Result<(i32, u64)> {
 /// Wait until `pid` exits, reaping it if it is our child (the daemon is a
 /// subreaper, so infra processes it started are re-parented to it).
 async fn wait_for_exit(pid: i32) {
-    let Some(owned) = pidfd(pid) else { return };
-    // SAFETY: the AsyncFd owns `owned` (an OwnedFd), so the descriptor
-    // stays open and the same for the AsyncFd's whole life.
-    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) } {
-        let _ = afd.readable().await;
-        let mut info: libc::siginfo_t =
-            // SAFETY: siginfo_t is plain data; zeroed is valid.
-            unsafe { std::mem::zeroed() };
-        // SAFETY: P_PIDFD with our descriptor; `info` outlives the call.
-        // ECHILD (not our child: it came from a previous daemon) is fine.
-        unsafe {
-            libc::waitid(
-                libc::P_PIDFD,
-                std::os::fd::AsRawFd::as_raw_fd(afd.get_ref()) as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG,
-            )
-        };
+    // Out of descriptors (EMFILE) is not an exit: a live pod must not be
+    // marked dead because the daemon could not open a pidfd for a while.
+    // Poll (waitid, kill: no descriptor needed) until one can be opened.
+    let mut delay = Duration::from_millis(50);
+    let mut warned = false;
+    loop {
+        match pidfd(pid) {
+            Ok(None) => return,
+            Ok(Some(owned)) => {
+                // SAFETY: the AsyncFd owns `owned` (an OwnedFd), so the
+                // descriptor stays open and the same for the AsyncFd's
+                // whole life.
+                match unsafe { tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
+                {
+                    Ok(afd) => {
+                        let _ = afd.readable().await;
+                        let mut info: libc::siginfo_t =
+                            // SAFETY: siginfo_t is plain data; zeroed is valid.
+                            unsafe { std::mem::zeroed() };
+                        // SAFETY: P_PIDFD with our descriptor; `info`
+                        // outlives the call. ECHILD (not our child: it came
+                        // from a previous daemon) is fine.
+                        unsafe {
+                            libc::waitid(
+                                libc::P_PIDFD,
+                                std::os::fd::AsRawFd::as_raw_fd(afd.get_ref()) as libc::id_t,
+                                &mut info,
+                                libc::WEXITED | libc::WNOHANG,
+                            )
+                        };
+                        return;
+                    }
+                    Err(e) => {
+                        if !warned {
+                            tracing::warn!(pid, "cannot watch the infra process: {e}; polling");
+                            warned = true;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!(pid, "cannot watch the infra process: {e}; polling");
+                    warned = true;
+                }
+            }
+        }
+        if exited_without_fd(pid) {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Has `pid` exited? Reaps it when it is our child; needs no descriptor.
+fn exited_without_fd(pid: i32) -> bool {
+    let mut info: libc::siginfo_t =
+        // SAFETY: siginfo_t is plain data; zeroed is valid.
+        unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall; `info` outlives it.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+    if rc == 0 {
+        // SAFETY: waitid filled `info` (si_pid 0: still running).
+        return unsafe { info.si_pid() } == pid;
+    }
+    // Not our child: does it still exist?
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) == Err(nix::errno::Errno::ESRCH)
 }
 
 /// Wait until the infra is gone (or `limit` passes), woken by its pidfd.
@@ -765,19 +884,38 @@ async fn wait_gone(p: &SandboxRecord, limit: Duration) {
     if !infra_alive(p) {
         return;
     }
-    let Some(fd) = pidfd(p.infra_pid) else { return };
-    // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the same
-    // for the AsyncFd's whole life.
-    if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
-        let _ = tokio::time::timeout(limit, afd.readable()).await;
+    let deadline = tokio::time::Instant::now() + limit;
+    if let Ok(Some(fd)) = pidfd(p.infra_pid) {
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+        // same for the AsyncFd's whole life.
+        if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+        {
+            let _ = tokio::time::timeout(limit, afd.readable()).await;
+            return;
+        }
+    }
+    // No descriptor to wait on (EMFILE): poll.
+    while tokio::time::Instant::now() < deadline && infra_alive(p) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
+/// A pidfd for `pid`; `None` when the process is gone, an error when one
+/// cannot be opened now (out of descriptors).
+fn pidfd(pid: i32) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(None),
+            _ => Err(e),
+        };
+    }
     // SAFETY: the syscall just returned this descriptor; we own it.
-    (fd >= 0).then(|| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    Ok(Some(unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
 }
 
 /// What a pod with its own user namespace may not also ask for. The

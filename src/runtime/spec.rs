@@ -97,6 +97,9 @@ pub struct HostFeatures {
     /// points (`/sys/fs/cgroup/cpu`, ...): a container's `/sys/fs/cgroup`
     /// is a tmpfs with its own cgroup directory of each bind-mounted in.
     pub cgroup_v1_hierarchies: Vec<PathBuf>,
+    /// The cgroup controllers a container's limits can use (v1: those
+    /// mounted; v2: the root's `cgroup.controllers`). None: not checked.
+    pub cgroup_controllers: Option<Vec<String>>,
 }
 
 /// Everything `build` needs.
@@ -1339,7 +1342,50 @@ fn resources(r: Option<&cri::LinuxContainerResources>, host: &HostFeatures) -> R
         }
         out.set_unified(Some(r.unified.clone()));
     }
+    check_controllers(&out, host)?;
     Ok(out)
+}
+
+/// Every limit asked for needs its cgroup controller on this host: a
+/// controller that is not mounted (v1) or not available (v2) would make
+/// the limit silently do nothing, so it is refused with the reason.
+fn check_controllers(out: &LinuxResources, host: &HostFeatures) -> Result<(), SpecError> {
+    let Some(available) = &host.cgroup_controllers else {
+        return Ok(());
+    };
+    let cpu = out.cpu().as_ref();
+    let needs = [
+        ("memory", "memory", out.memory().is_some()),
+        (
+            "cpu_shares, cpu_quota, cpu_period",
+            "cpu",
+            cpu.is_some_and(|c| c.shares().is_some() || c.quota().is_some() || c.period().is_some()),
+        ),
+        (
+            "cpuset_cpus, cpuset_mems",
+            "cpuset",
+            cpu.is_some_and(|c| c.cpus().is_some() || c.mems().is_some()),
+        ),
+        (
+            "hugepage_limits",
+            "hugetlb",
+            out.hugepage_limits()
+                .as_ref()
+                .is_some_and(|h| h.iter().any(|l| l.limit() > 0)),
+        ),
+    ];
+    for (field, controller, wanted) in needs {
+        if wanted && !available.iter().any(|c| c == controller) {
+            return Err(unsupported(
+                format!("linux.resources.{field}"),
+                format!(
+                    "the {controller} cgroup controller is not available on this host (available: {})",
+                    available.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn namespace(typ: LinuxNamespaceType, path: Option<&Path>) -> LinuxNamespace {
@@ -1497,6 +1543,7 @@ mod tests {
                     cgroup_v2: false,
                     held_capabilities: Vec::new(),
                     cgroup_v1_hierarchies: Vec::new(),
+                    cgroup_controllers: None,
                 },
                 dir,
             }
@@ -2237,6 +2284,35 @@ mod tests {
         // /dev/stdin etc. are symlinks.
         assert!(!devs.iter().any(|d| d.path() == Path::new("/dev/stdin")));
         assert!(host_devices(Path::new("/nonexistent")).is_empty());
+    }
+
+    #[test]
+    fn limits_without_their_controller_are_refused() {
+        let mut f = Fixture::new();
+        f.host.cgroup_controllers = Some(vec!["cpu".into(), "memory".into(), "pids".into()]);
+        *f.res() = cri::LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        };
+        f.ok();
+        f.res().hugepage_limits[0].limit = 4 << 20;
+        match f.build().map(|_| ()) {
+            Err(SpecError::Unsupported { field, message }) => {
+                assert_eq!(field, "linux.resources.hugepage_limits");
+                assert!(
+                    message.contains("hugetlb cgroup controller is not available"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        f.res().hugepage_limits.clear();
+        f.res().cpuset_cpus = "0".into();
+        assert!(matches!(f.build().map(|_| ()), Err(SpecError::Unsupported { field, .. }) if field.contains("cpuset")));
     }
 
     #[test]
