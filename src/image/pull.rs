@@ -155,7 +155,7 @@ pub fn parse_manifest(image: &str, media_type: &str, bytes: &[u8]) -> Result<Ima
     }
     let parsed: ImageManifest =
         serde_json::from_slice(bytes).map_err(|e| bad(image, format!("image manifest does not parse: {e}")))?;
-    digest_hex(&parsed.config().digest().to_string()).map_err(|e| bad(image, format!("config: {e}")))?;
+    digest_hex(parsed.config().digest().as_ref()).map_err(|e| bad(image, format!("config: {e}")))?;
     Ok(parsed)
 }
 
