@@ -267,6 +267,11 @@ async fn etcd_as_a_static_pod() {
     assert_eq!(c["lastState"]["terminated"]["exitCode"], 137, "{c}");
     assert_ne!(container_id(&pod, "etcd"), cid);
     assert_eq!(sandboxes(&mut w, &name).await[0].id, sandbox, "same sandbox");
+    // The killed instance is kept (one per container name, as the
+    // kubelet's container GC keeps it) for debugging its last run.
+    let previous = w.status(&cid).await;
+    assert_eq!(previous.state, api::ContainerState::ContainerExited as i32);
+    assert_eq!(previous.exit_code, 137);
     assert_eq!(
         ok_stdout(etcdctl(&w, &["get", "bootstrap", "--print-value-only"])),
         "done\n"
@@ -407,6 +412,20 @@ async fn crash_loop_back_off_and_restart_counts_survive_a_daemon_restart() {
             gaps[n + 1]
         );
     }
+    // Four restarts later only the newest two instances exist.
+    let crash_sandbox = sandboxes(&mut w, &crash).await[0].id.clone();
+    let instances =
+        w.rt.list_containers(api::ListContainersRequest {
+            filter: Some(api::ContainerFilter {
+                pod_sandbox_id: crash_sandbox,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!((1..=2).contains(&instances.len()), "{instances:?}");
     let p = backoff_status.expect("a CrashLoopBackOff status");
     println!(
         "GET /pods (crash looping):\n{}",

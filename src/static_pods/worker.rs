@@ -97,6 +97,9 @@ struct Ctr {
     init: bool,
     sidecar: bool,
     id: Option<String>,
+    /// The exited instance before `id`, kept (as the kubelet's container
+    /// GC keeps one) so `crictl logs --previous`-style debugging works.
+    previous: Option<String>,
     restarts: u32,
     /// Back-off step count (reset after a long clean run).
     backoff_steps: u32,
@@ -117,6 +120,7 @@ impl Ctr {
             init,
             sidecar,
             id: None,
+            previous: None,
             restarts: 0,
             backoff_steps: 0,
             next_start: None,
@@ -230,11 +234,14 @@ impl Worker {
     fn adopt(&mut self, sandbox: &str) {
         let containers = self.rt.containers();
         for c in self.init.iter_mut().chain(self.app.iter_mut()) {
-            let latest = containers
+            let mut mine: Vec<_> = containers
                 .iter()
                 .filter(|v| v.record.pod_id == sandbox)
                 .filter(|v| v.record.config.metadata.as_ref().map(|m| m.name.as_str()) == Some(c.spec.name.as_str()))
-                .max_by_key(|v| v.record.config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0));
+                .collect();
+            mine.sort_by_key(|v| std::cmp::Reverse(v.record.config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0)));
+            let latest = mine.first();
+            c.previous = mine.get(1).map(|v| v.record.id.clone());
             if let Some(v) = latest {
                 c.restarts = v.record.config.metadata.as_ref().map(|m| m.attempt).unwrap_or(0);
                 c.id = Some(v.record.id.clone());
@@ -424,17 +431,22 @@ impl Worker {
         let host_ip = host_ip();
         let paths = self.paths();
         let etc_hosts = paths.pod_dir.join("etc-hosts");
-        let (spec, attempt, old) = {
+        let (spec, attempt, doomed) = {
             let c = if init { &mut self.init[i] } else { &mut self.app[i] };
             if restart && c.id.is_some() {
                 c.restarts += 1;
             }
-            (c.spec.clone(), c.restarts, c.id.clone())
+            // Keep only the latest exited container per name, as the
+            // kubelet's container GC does: the one being replaced stays,
+            // the one before it goes.
+            let doomed = match c.id.clone() {
+                Some(old) if c.previous.as_ref() != Some(&old) => c.previous.replace(old),
+                _ => None,
+            };
+            (c.spec.clone(), c.restarts, doomed)
         };
-        // Keep only the latest exited container per name, as the kubelet's
-        // container GC does.
-        if let Some(old) = old {
-            let _ = self.rt.remove_container(&old).await;
+        if let Some(doomed) = doomed {
+            let _ = self.rt.remove_container(&doomed).await;
         }
         let result = async {
             let image = spec.image.clone().unwrap_or_default();
