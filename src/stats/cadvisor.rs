@@ -119,7 +119,21 @@ struct Out<'a> {
     samples: &'a mut Vec<Sample>,
 }
 
-impl Out<'_> {
+impl<'a> Out<'a> {
+    /// Samples of `who`: every one starts with its identifying labels.
+    fn new(who: &Subject, samples: &'a mut Vec<Sample>) -> Out<'a> {
+        Out {
+            base: vec![
+                who.pod.clone(),
+                who.namespace.clone(),
+                who.container.clone(),
+                who.id.clone(),
+                who.image.clone(),
+            ],
+            samples,
+        }
+    }
+
     fn push(&mut self, name: &'static str, value: u64, extra: &[&str]) {
         let d = descriptor(name).expect("every emitted metric has a descriptor");
         let mut labels = self.base.clone();
@@ -138,16 +152,7 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 /// CPU, memory, process and limit metrics of one cgroup.
 pub fn cgroup_metrics(who: &Subject, s: &CgroupSample, processes: Option<u64>, out: &mut Vec<Sample>) {
-    let mut o = Out {
-        base: vec![
-            who.pod.clone(),
-            who.namespace.clone(),
-            who.container.clone(),
-            who.id.clone(),
-            who.image.clone(),
-        ],
-        samples: out,
-    };
+    let mut o = Out::new(who, out);
     if let Some(c) = &s.cpu {
         o.push("container_cpu_usage_seconds_total", c.usage_ns / NS_PER_S, &[]);
         if let Some(u) = c.user_ns {
@@ -215,16 +220,7 @@ pub fn cgroup_metrics(who: &Subject, s: &CgroupSample, processes: Option<u64>, o
 
 /// Writable-layer, start-time and last-seen metrics of a container.
 pub fn container_extra(who: &Subject, disk: &Disk, started_at_ns: i64, now_ns: i64, out: &mut Vec<Sample>) {
-    let mut o = Out {
-        base: vec![
-            who.pod.clone(),
-            who.namespace.clone(),
-            who.container.clone(),
-            who.id.clone(),
-            who.image.clone(),
-        ],
-        samples: out,
-    };
+    let mut o = Out::new(who, out);
     let dev = [disk.device.as_str()];
     o.push("container_fs_usage_bytes", disk.used_bytes, &dev);
     if let Some(c) = disk.capacity {
@@ -244,16 +240,7 @@ pub fn container_extra(who: &Subject, disk: &Disk, started_at_ns: i64, now_ns: i
 
 /// A pod's network counters (cAdvisor reports them for the pod).
 pub fn network_metrics(who: &Subject, interfaces: &[InterfaceSample], out: &mut Vec<Sample>) {
-    let mut o = Out {
-        base: vec![
-            who.pod.clone(),
-            who.namespace.clone(),
-            who.container.clone(),
-            who.id.clone(),
-            who.image.clone(),
-        ],
-        samples: out,
-    };
+    let mut o = Out::new(who, out);
     for i in interfaces {
         let n = [i.name.as_str()];
         o.push("container_network_receive_bytes_total", i.rx_bytes, &n);

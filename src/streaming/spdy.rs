@@ -221,27 +221,27 @@ impl Encoder {
                 p.put_slice(&block);
                 control(out, TYPE_SYN_STREAM, *flags, &p)
             }
-            Frame::SynReply {
+            // SYN_REPLY and HEADERS share a layout: stream id, header block.
+            f @ (Frame::SynReply {
                 stream_id,
                 flags,
                 headers,
-            } => {
-                let block = self.compress_headers(headers)?;
-                let mut p = BytesMut::with_capacity(4 + block.len());
-                p.put_u32(stream_id & 0x7fff_ffff);
-                p.put_slice(&block);
-                control(out, TYPE_SYN_REPLY, *flags, &p)
             }
-            Frame::Headers {
+            | Frame::Headers {
                 stream_id,
                 flags,
                 headers,
-            } => {
+            }) => {
+                let typ = if matches!(f, Frame::SynReply { .. }) {
+                    TYPE_SYN_REPLY
+                } else {
+                    TYPE_HEADERS
+                };
                 let block = self.compress_headers(headers)?;
                 let mut p = BytesMut::with_capacity(4 + block.len());
                 p.put_u32(stream_id & 0x7fff_ffff);
                 p.put_slice(&block);
-                control(out, TYPE_HEADERS, *flags, &p)
+                control(out, typ, *flags, &p)
             }
             Frame::RstStream { stream_id, status } => {
                 let mut p = [0u8; 8];
